@@ -1,0 +1,52 @@
+# The two commands: `make run` and `make test`. Everything else is optional.
+# Each target creates the environment first if it is missing or out of date.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+READY := $(VENV)/.ready
+STEP ?=
+PORT ?= 8000
+DIR ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help run test check workspace diff lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+
+$(READY): requirements.txt
+	@$(PYTHON) tools/check_python.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	@touch $@
+
+venv: $(READY) ## create the environment from the lock file
+
+run: $(READY) ## serve the final step (or STEP=02 [PORT=8001]) on http://127.0.0.1:8000
+	@$(BIN)/python tools/run.py "$(STEP)" "$(PORT)"
+
+test: $(READY) ## run every test CI runs (or one step's: STEP=02)
+	@$(BIN)/python tools/test.py $(if $(STEP),--step $(STEP))
+
+check: $(READY) ## run a step's tests against your folder: make check STEP=02 DIR=workspace
+	@test -n "$(STEP)" -a -n "$(DIR)" || { echo "usage: make check STEP=02 DIR=workspace"; exit 2; }
+	$(BIN)/python -m pytest --step $(STEP) --step-dir $(DIR)
+
+workspace: ## copy a step into workspace/ to edit: make workspace STEP=01
+	@test -n "$(STEP)" || { echo "usage: make workspace STEP=01"; exit 2; }
+	@test ! -e workspace || { echo "workspace/ exists already: remove it first (rm -r workspace)"; exit 2; }
+	@src=$$($(PYTHON) tools/step_path.py $(STEP)) && cp -R "$$src" workspace && \
+		rm -rf workspace/__pycache__ && echo "Copied $$src to workspace/. Test it with: make check STEP=$(STEP) DIR=workspace"
+
+diff: ## show what a step changed since the one before: make diff STEP=02
+	@test -n "$(STEP)" || { echo "usage: make diff STEP=02"; exit 2; }
+	@new=$$($(PYTHON) tools/step_path.py $(STEP)) && old=$$($(PYTHON) tools/step_path.py --previous $(STEP)) && \
+		diff -ruN -x __pycache__ "$$old" "$$new" || true
+
+lint: $(READY) ## check style with ruff
+	$(BIN)/ruff check steps tests harness tools
+
+clean: ## remove the environment and test outputs
+	rm -rf $(VENV) test-output site .coverage .coverage.* htmlcov

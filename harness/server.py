@@ -1,0 +1,232 @@
+"""Start and stop a real gunicorn server for one step folder."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS_DIR = ROOT / "steps"
+# What gunicorn logs when a dirty worker has loaded its apps and can serve.
+DIRTY_READY = r"Dirty worker \d+ listening"
+
+
+class ServerError(RuntimeError):
+    """The server did not start, or did not stop, as it should."""
+
+
+def step_dirs() -> list[Path]:
+    """Every step folder, in order."""
+    return sorted(p for p in STEPS_DIR.iterdir() if p.is_dir() and p.name[:2].isdigit())
+
+
+def find_step(step: str) -> Path:
+    """Resolve "02", "2" or "02_dirty_worker" to the step's folder."""
+    for path in step_dirs():
+        if step in (path.name, path.name[:2]) or (step.isdigit() and int(step) == int(path.name[:2])):
+            return path
+    names = ", ".join(p.name for p in step_dirs())
+    raise ServerError(f"no step {step!r}; the steps are: {names}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_health(base_url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    """Poll GET /health until it answers 200, the process dies, or time runs out."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServerError(f"the server exited with code {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"{base_url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last_error = exc
+        time.sleep(0.05)
+    raise ServerError(f"{base_url}/health did not answer within {timeout:.0f} s ({last_error})")
+
+
+def process_tree(pid: int) -> list[int]:
+    """The pid and all its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may contain spaces.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def socket_count(pids: list[int]) -> int:
+    """How many socket file descriptors these processes hold."""
+    count = 0
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd).startswith("socket:"):
+                    count += 1
+            except OSError:
+                continue
+    return count
+
+
+def memory_kib(pids: list[int], field_name: str = "Pss") -> int:
+    """Sum of one /proc/<pid>/smaps_rollup field (Pss or Rss) in KiB."""
+    total = 0
+    for pid in pids:
+        try:
+            lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if line.startswith(f"{field_name}:"):
+                total += int(line.split()[1])
+    return total
+
+
+@dataclass
+class LiveServer:
+    """A gunicorn process tree serving one step folder on a loopback port."""
+
+    step_dir: Path
+    port: int
+    proc: subprocess.Popen
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def pids(self) -> list[int]:
+        return process_tree(self.proc.pid)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, pattern: str, count: int = 1, timeout: float = 30.0) -> None:
+        """Poll the log until `pattern` (a regex) has matched `count` times."""
+        deadline = time.monotonic() + timeout
+        while len(re.findall(pattern, self.log())) < count:
+            if self.proc.poll() is not None:
+                raise ServerError(f"the server exited with code {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise ServerError(f"{count} log lines matching {pattern!r} did not appear in {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, then SIGKILL the whole group after `timeout` seconds."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        # Anything the master left behind (it should leave nothing) goes too.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return self.proc.returncode
+
+    def __enter__(self) -> LiveServer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def start_server(
+    step_dir: Path | str,
+    *,
+    env: dict[str, str] | None = None,
+    args: list[str] | tuple[str, ...] = (),
+    config: Path | str = "gunicorn_conf.py",
+    port: int | None = None,
+    log_dir: Path | None = None,
+    timeout: float = 60.0,
+    dirty_workers: int = 0,
+) -> LiveServer:
+    """Run `gunicorn -c gunicorn_conf.py main:app` inside the step folder.
+
+    Returns once /health answers and, if `dirty_workers` is given, once that
+    many dirty workers have said they listen. Extra gunicorn arguments come
+    after the config file, so they override it; `env` adds environment variables.
+    """
+    step_dir = Path(step_dir).resolve()
+    if not (step_dir / "main.py").is_file():
+        raise ServerError(f"{step_dir} has no main.py")
+    port = port or free_port()
+    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="dirty-chat-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{step_dir.name}-{port}.log"
+    full_env = {**os.environ, **(env or {})}
+    # The step folder first, so `import gunicorn_conf` finds the step's own.
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(step_dir), full_env.get("PYTHONPATH", "")) if p
+    )
+    command = [
+        sys.executable, "-m", "gunicorn",
+        "-c", str(config),
+        "--bind", f"127.0.0.1:{port}",
+        *args,
+        "main:app",
+    ]
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            command,
+            cwd=step_dir,
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            # Its own process group, so that stop() can reach every child.
+            start_new_session=True,
+        )
+    server = LiveServer(step_dir=step_dir, port=port, proc=proc, log_path=log_path, env=env or {})
+    try:
+        wait_for_health(server.base_url, timeout, proc)
+        server.wait_for_log(DIRTY_READY, dirty_workers, timeout)
+    except ServerError as exc:
+        server.stop()
+        raise ServerError(f"{exc}\n--- server log ({log_path}) ---\n{server.log()}") from None
+    return server

@@ -1,0 +1,94 @@
+"""The simulated language model.
+
+It picks a canned answer by keyword and produces it word by word, pausing
+between words the way a real model pauses between tokens. In this step it
+runs inside the HTTP worker, which is exactly the problem the tutorial solves.
+"""
+
+import random
+import re
+import time
+from collections.abc import Iterator
+
+GREETING = (
+    "Hello! I am a simulated language model that lives inside a Gunicorn "
+    "server. Ask me to explain dirty workers, to describe streaming, or to "
+    "show you some code, and I will answer one word at a time."
+)
+
+EXPLAIN = (
+    "Dirty workers are a separate pool of processes that Gunicorn starts next "
+    "to its HTTP workers. Slow, blocking work such as running a model goes to "
+    "a dirty worker, which loads its resources once and keeps them in memory. "
+    "The HTTP workers hand the work over through the dirty arbiter and stay "
+    "free to answer other requests while the model thinks."
+)
+
+STREAMING = (
+    "Token streaming sends each piece of an answer as soon as the model "
+    "produces it, instead of waiting for the whole text. The server keeps the "
+    "HTTP response open and writes one Server-Sent Event per token, so the "
+    "reader sees the first words after a fraction of a second."
+)
+
+CODE = (
+    "Here is a dirty app that loads a model once and streams its tokens:\n"
+    "\n"
+    "```python\n"
+    "class ChatApp(DirtyApp):\n"
+    "    def init(self):\n"
+    "        self.model = load_model()\n"
+    "\n"
+    "    def stream(self, prompt):\n"
+    "        yield from self.model.generate(prompt)\n"
+    "```\n"
+    "\n"
+    "Each yielded token travels to the HTTP worker as soon as it exists."
+)
+
+GENERAL = (
+    "That is a good question. I am only a simulated model, so my answers are "
+    "canned, but they arrive word by word just like a real one. Try asking "
+    "me to explain something, or about streaming, or for some code."
+)
+
+# Checked in this order; the first row with a keyword in the prompt wins.
+ANSWERS = [
+    ({"hello", "hi", "hey", "greetings"}, GREETING),
+    ({"explain"}, EXPLAIN),
+    ({"streaming"}, STREAMING),
+    ({"code"}, CODE),
+]
+
+# Seconds between two words: the time a real model would spend on a token.
+WORD_DELAY = (0.03, 0.08)
+
+
+def pick_answer(prompt: str) -> str:
+    """Return the canned answer for a prompt, matching whole words only."""
+    # Whole words, so that "think" does not count as "hi".
+    words = set(re.findall(r"\w+", prompt.lower()))
+    for keywords, answer in ANSWERS:
+        if words & keywords:
+            return answer
+    return GENERAL
+
+
+def split_tokens(text: str) -> list[str]:
+    """Split text into words that keep the spacing before them.
+
+    Joined together, the tokens give back the text exactly.
+    """
+    return re.findall(r"\s*\S+", text)
+
+
+class ChatModel:
+    """A stand-in for a real model: slow to answer, one word at a time."""
+
+    def tokens(self, prompt: str) -> Iterator[str]:
+        for token in split_tokens(pick_answer(prompt)):
+            time.sleep(random.uniform(*WORD_DELAY))
+            yield token
+
+    def generate(self, prompt: str) -> str:
+        return "".join(self.tokens(prompt))

@@ -1,0 +1,189 @@
+"""Fixtures shared by every test: which steps to test, and live servers for them.
+
+A test asks for `step` and is run once per step it applies to:
+`@pytest.mark.since("03")` means step 03 and every later one, so each step is
+proven a superset of the one before. `make test STEP=02` passes `--step 02`;
+`make check STEP=02 DIR=workspace` adds `--step-dir workspace`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from harness.server import ROOT, LiveServer, find_step, start_server, step_dirs
+
+FAULT_CONF = ROOT / "tests" / "fault_conf.py"
+
+
+@dataclass(frozen=True)
+class Step:
+    number: int
+    name: str
+    path: Path
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def pytest_addoption(parser):
+    parser.addoption("--step", help="run only the tests of this step (02 or 02_dirty_worker)")
+    parser.addoption("--step-dir", help="with --step: test this folder instead of the step's own")
+
+
+def _selected_steps(config) -> list[Step]:
+    chosen = config.getoption("--step")
+    if not chosen:
+        return [Step(int(p.name[:2]), p.name, p) for p in step_dirs()]
+    path = find_step(chosen)
+    override = config.getoption("--step-dir")
+    folder = Path(override).resolve() if override else path
+    if not (folder / "main.py").is_file():
+        raise pytest.UsageError(f"{folder} has no main.py: is it a copy of a step?")
+    return [Step(int(path.name[:2]), path.name, folder)]
+
+
+def _applies(item_marks, step: Step) -> bool:
+    for mark in item_marks:
+        if mark.name == "since" and step.number < int(mark.args[0]):
+            return False
+        if mark.name == "until" and step.number > int(mark.args[0]):
+            return False
+        if mark.name == "only" and step.number != int(mark.args[0]):
+            return False
+    return True
+
+
+def pytest_generate_tests(metafunc):
+    if "step" not in metafunc.fixturenames:
+        return
+    marks = list(metafunc.definition.iter_markers())
+    steps = [s for s in _selected_steps(metafunc.config) if _applies(marks, s)]
+    # A test that applies to no selected step is dropped in collection below.
+    params = steps or [pytest.param(None, marks=pytest.mark.not_for_these_steps)]
+    metafunc.parametrize("step", params, ids=str, scope="session")
+
+
+def pytest_collection_modifyitems(config, items):
+    keep, drop = [], []
+    for item in items:
+        step_test = "step" in getattr(item, "fixturenames", ())
+        if item.get_closest_marker("not_for_these_steps") or (config.getoption("--step") and not step_test):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "not_for_these_steps: internal, deselected")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call" and report.failed:
+        # Show what the servers this test used had to say.
+        for server in getattr(item, "live_servers", []):
+            report.sections.append((f"server log {server.step_dir.name}:{server.port}", server.log()[-6000:]))
+    return report
+
+
+class ServerPool:
+    """Servers shared by the tests of a session, started on first use."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.shared: dict[tuple, LiveServer] = {}
+        self.owned: list[LiveServer] = []
+
+    def shared_server(self, step: Step, **options) -> LiveServer:
+        key = (step.path, repr(sorted(options.items())))
+        server = self.shared.get(key)
+        if server is None or not server.running():
+            server = self.shared[key] = self.start(step, **options)
+        return server
+
+    def start(self, step: Step, **options) -> LiveServer:
+        server = start_server(step.path, log_dir=self.log_dir, **options)
+        self.owned.append(server)
+        return server
+
+    def stop_all(self) -> None:
+        for server in self.owned:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory):
+    pool = ServerPool(tmp_path_factory.mktemp("servers"))
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture
+def server(step, servers, request) -> LiveServer:
+    """The step's server as shipped, shared with other tests."""
+    live = servers.shared_server(step)
+    request.node.live_servers = [*getattr(request.node, "live_servers", []), live]
+    return live
+
+
+@pytest.fixture
+def start(step, servers, request):
+    """Start a server of this step that only this test uses (it may break it)."""
+    started: list[LiveServer] = []
+
+    def _start(**options) -> LiveServer:
+        live = servers.start(step, **options)
+        started.append(live)
+        request.node.live_servers = [*getattr(request.node, "live_servers", []), live]
+        return live
+
+    yield _start
+    for live in started:
+        live.stop()
+
+
+@pytest.fixture
+def start_faulty(start):
+    """Start a server whose model misbehaves as CHAT_FAULT says (see fault_conf.py)."""
+
+    def _start(fault: str, *, args=(), env=None, **options) -> LiveServer:
+        return start(config=FAULT_CONF, env={"CHAT_FAULT": fault, **(env or {})}, args=args, **options)
+
+    return _start
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server.base_url, timeout=60) as http:
+        yield http
+
+
+@pytest.fixture
+def step_module(step, monkeypatch):
+    """Import a module of the step folder (main, chat_app, gunicorn_conf) afresh."""
+
+    def _load(name: str):
+        monkeypatch.syspath_prepend(str(step.path))
+        for module in ("main", "chat_app", "gunicorn_conf"):
+            monkeypatch.delitem(sys.modules, module, raising=False)
+        return importlib.import_module(name)
+
+    yield _load
+    for module in ("main", "chat_app", "gunicorn_conf"):
+        sys.modules.pop(module, None)
+
+
+@pytest.fixture
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"

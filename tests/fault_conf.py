@@ -1,0 +1,34 @@
+"""A test-only gunicorn config: the step's own settings plus a faulty model.
+
+The tests start a server with `-c tests/fault_conf.py` and CHAT_FAULT set;
+the step's code knows nothing about it, and normal runs cannot reach it.
+
+CHAT_FAULT=raise:N   the model raises after N tokens
+CHAT_FAULT=stall:N   the model stops for CHAT_FAULT_STALL seconds after N tokens
+"""
+
+import os
+import time
+
+from gunicorn_conf import *  # noqa: F403  (the step's own settings)
+
+CHAT_APP = "chat_app:ChatApp"
+
+
+def _faulty(tokens, kind, after, stall):
+    def wrapper(*args, **kwargs):
+        for count, token in enumerate(tokens(*args, **kwargs)):
+            if count == after:
+                if kind == "raise":
+                    raise RuntimeError("injected fault: the model crashed")
+                time.sleep(stall)
+            yield token
+
+    return wrapper
+
+
+def dirty_worker_init(worker):
+    kind, _, after = os.environ["CHAT_FAULT"].partition(":")
+    stall = float(os.environ.get("CHAT_FAULT_STALL", "30"))
+    app = worker.apps[CHAT_APP]
+    app.tokens = _faulty(app.tokens, kind, int(after or 0), stall)
