@@ -15,9 +15,9 @@ from gunicorn_conf import *  # noqa: F403  (the step's own settings)
 CHAT_APP = "chat_app:ChatApp"
 
 
-def _faulty(tokens, kind, after, stall):
+def _faulty(produce, kind, after, stall):
     def wrapper(*args, **kwargs):
-        for count, token in enumerate(tokens(*args, **kwargs)):
+        for count, token in enumerate(produce(*args, **kwargs)):
             if count == after:
                 if kind == "raise":
                     raise RuntimeError("injected fault: the model crashed")
@@ -31,4 +31,6 @@ def dirty_worker_init(worker):
     kind, _, after = os.environ["CHAT_FAULT"].partition(":")
     stall = float(os.environ.get("CHAT_FAULT_STALL", "30"))
     app = worker.apps[CHAT_APP]
-    app.tokens = _faulty(app.tokens, kind, int(after or 0), stall)
+    # The action that produces tokens: `tokens` in step 02, `stream` later.
+    name = "stream" if hasattr(app, "stream") else "tokens"
+    setattr(app, name, _faulty(getattr(app, name), kind, int(after or 0), stall))

@@ -1,0 +1,85 @@
+"""A client that hangs up must stop the generation, and leave no socket behind."""
+
+import statistics
+import time
+
+import httpx
+import pytest
+
+from harness.server import socket_count
+from harness.sse import stream_chat
+
+pytestmark = pytest.mark.since("03")
+
+ONE_WORKER = {"env": {"DIRTY_WORKERS": "1"}, "dirty_workers": 1}
+
+
+@pytest.fixture
+def one_worker(step, servers, request):
+    """The step's server with a single dirty worker: a busy worker shows at once."""
+    live = servers.shared_server(step, **ONE_WORKER)
+    request.node.live_servers = [live]
+    return live
+
+
+def first_token_time(http: httpx.Client, prompt: str = "hello") -> float:
+    result = stream_chat(http, prompt)
+    assert result.ended_with_done and not result.errors
+    return result.first_token_at
+
+
+def test_a_client_that_stays_gets_everything(step, one_worker, step_module):
+    # The other half of disconnect detection: a live client is never cut off,
+    # even when it reads slowly.
+    with httpx.Client(base_url=one_worker.base_url, timeout=60) as http:
+        with http.stream("POST", "/chat", json={"prompt": "explain"}) as response:
+            chunks = []
+            for chunk in response.iter_raw(64):
+                chunks.append(chunk)
+                time.sleep(0.005)
+    body = b"".join(chunks).decode()
+    assert body.endswith("data: [DONE]\n\n")
+    assert '"error"' not in body
+
+
+def test_dropping_a_stream_frees_the_dirty_worker(step, one_worker, step_module):
+    chat_app = step_module("chat_app")
+    remaining_tokens = len(chat_app.split_tokens(chat_app.EXPLAIN)) - 3
+    # Even at the shortest pause, finishing the dropped answer would take this long.
+    remaining_seconds = remaining_tokens * chat_app.WORD_DELAY[0]
+    with httpx.Client(base_url=one_worker.base_url, timeout=60) as http:
+        idle = statistics.median(first_token_time(http) for _ in range(3))
+        after_drop = []
+        for _ in range(3):
+            dropped = stream_chat(http, "explain", stop_after_tokens=3)
+            assert len(dropped.token_events) == 3
+            after_drop.append(first_token_time(http))
+    # The next user is served about as fast as on an idle server, not after
+    # the abandoned answer.
+    assert statistics.median(after_drop) < min(remaining_seconds / 2, idle + 0.5), (idle, after_drop)
+
+
+def test_sockets_return_to_their_idle_count(step, start):
+    server = start(env={"DIRTY_WORKERS": "2"}, dirty_workers=2)
+    headers = {"Connection": "close"}
+
+    def full_round(http):
+        # Two answers in a row reach both dirty workers (round robin).
+        for prompt in ("hello", "code"):
+            assert stream_chat(http, prompt).ended_with_done
+
+    with httpx.Client(base_url=server.base_url, timeout=60, headers=headers) as http:
+        full_round(http)
+    idle = socket_count(server.pids())
+
+    with httpx.Client(base_url=server.base_url, timeout=60, headers=headers) as http:
+        for round_number in range(10):
+            stream_chat(http, "explain", stop_after_tokens=2)
+            assert http.post("/chat/sync", json={"prompt": "hi"}).status_code == 200
+            assert stream_chat(http, "streaming").ended_with_done
+        full_round(http)
+
+    deadline = time.monotonic() + 10
+    while (count := socket_count(server.pids())) != idle and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert count == idle
