@@ -73,7 +73,7 @@ def test_sockets_return_to_their_idle_count(step, start):
     idle = socket_count(server.pids())
 
     with httpx.Client(base_url=server.base_url, timeout=60, headers=headers) as http:
-        for round_number in range(10):
+        for _ in range(10):
             stream_chat(http, "explain", stop_after_tokens=2)
             assert http.post("/chat/sync", json={"prompt": "hi"}).status_code == 200
             assert stream_chat(http, "streaming").ended_with_done
