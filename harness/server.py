@@ -208,6 +208,10 @@ def start_server(
         sys.executable, "-m", "gunicorn",
         "-c", str(config),
         "--bind", f"127.0.0.1:{port}",
+        # Gunicorn 27 keeps the dirty arbiter's pid in a file named after the
+        # process name and, when a server starts, kills the arbiter that file
+        # names as an orphan: servers sharing a name kill each other's.
+        "--name", f"dirty-chat-{step_dir.name}-{port}",
         *args,
         "main:app",
     ]

@@ -21,4 +21,8 @@ asgi_disconnect_grace_period = 0
 # Gunicorn 27 opens a control socket in ~/.gunicorn by default; two servers
 # on one machine would fight over it, and this tutorial does not need it.
 control_socket_disable = True
+# Gunicorn 27 also keeps the dirty arbiter's pid in a file named after the
+# process name, and a server that starts kills the arbiter that file names:
+# a name of its own lets two steps run side by side.
+proc_name = "dirty-chat-03"
 accesslog = "-"
