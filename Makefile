@@ -50,3 +50,7 @@ lint: $(READY) ## check style with ruff
 
 clean: ## remove the environment and test outputs
 	rm -rf $(VENV) test-output site .coverage .coverage.* htmlcov
+
+.PHONY: notebooks
+notebooks: $(READY) ## open notebooks/ in Jupyter Lab, on this environment's kernel (CHAT_URL=... to use your server)
+	$(BIN)/jupyter lab --notebook-dir=notebooks
