@@ -54,3 +54,7 @@ clean: ## remove the environment and test outputs
 .PHONY: notebooks
 notebooks: $(READY) ## open notebooks/ in Jupyter Lab, on this environment's kernel (CHAT_URL=... to use your server)
 	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+.PHONY: bench
+bench: $(READY) ## measure capacity side by side (writes docs/generated/bench/)
+	$(BIN)/python tools/bench.py

@@ -1,0 +1,1036 @@
+"""Measure the chat service under load, side by side: `make bench`.
+
+It starts live servers of the final step (harness.server.start_server, on free
+loopback ports) with 1, 2, 4, 8 and the shipped number of dirty workers, set
+through DIRTY_WORKERS, and drives each with concurrent chat streams from one
+asyncio client. It prints a table and writes docs/generated/bench/: table.md,
+results.json, ttft_by_workers.png and burst.png.
+
+Scenarios, every chat with the same prompt so that durations compare:
+
+- solo: one chat on an idle server (the yardstick for durations);
+- together: 32 chats started at once, while a separate process polls /health;
+- sweep (shipped config): 8, 16 and 64 chats at once;
+- burst: 4x as many chats as dirty workers, each outcome classified;
+- drop (1 dirty worker): first token of the next chat after a hang-up;
+- sockets (shipped config): 1,000 chats, half dropped mid-stream, then the
+  server's socket count must come back to its idle value.
+
+Settings come from the environment: REPEAT=5 (target scenarios, default 3),
+BENCH_QUICK=1 (a one-minute smoke run), BENCH_STEP=04 (another step folder or
+any path), BENCH_OUT=dir (somewhere else than docs/generated/bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import http.client
+import json
+import os
+import platform
+import select
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from harness.server import (  # noqa: E402
+    LiveServer,
+    find_step,
+    memory_kib,
+    process_tree,
+    socket_count,
+    start_server,
+    step_dirs,
+)
+from harness.sse import ChatStream, Event  # noqa: E402
+
+OUT_DIR = ROOT / "docs" / "generated" / "bench"
+# Server logs go here (git-ignored), so that a failed run can be read afterwards.
+LOG_DIR = ROOT / "bench-output"
+# The core tutorial ends with step 05 (tools/run.py); later steps are bonus.
+LAST_CORE_STEP = 5
+# The same prompt for every chat, so that stream durations compare.
+PROMPT = "explain"
+OUTCOMES = ("complete", "refused", "error", "cut_off", "other")
+
+# The targets for the final step as shipped: (key, figure, limit, unit).
+TARGETS = [
+    ("ttft_p95", "32 chats started together: time to first token, p95", 0.150, "s"),
+    ("slowest_over_solo", "32 chats together: slowest stream / a solo stream", 1.3, "x"),
+    ("pss", "memory of the process tree (sum of PSS) while serving them", 1024 * 1024, "KiB"),
+    ("health_p99", "/health p99 while 64 streams run", 0.010, "s"),
+    ("after_drop_ttft", "first token of the next chat after a drop (1 dirty worker)", 0.200, "s"),
+    ("sockets_leaked", "sockets after 1,000 requests, half dropped, minus the idle count", 0, ""),
+    ("burst_cut_off", "streams cut off in a burst of 4x capacity (every config)", 0, ""),
+]
+
+
+@dataclass
+class Options:
+    step_dir: Path
+    configs: list[int]
+    default_workers: int
+    repeat: int = 3
+    quick: bool = False
+    together: int = 32
+    sweep: tuple[int, ...] = (8, 16)
+    health_streams: int = 64
+    burst_factor: int = 4
+    drop_samples: int = 5
+    socket_requests: int = 1000
+    scenarios: frozenset[str] = frozenset({"together", "sweep", "health", "burst", "drop", "sockets"})
+    prompt: str = PROMPT
+    client: str = "raw"
+    out_dir: Path = OUT_DIR
+    plots: bool = True
+    # A seconds budget for any one scenario: the run stops rather than hang.
+    scenario_timeout: float = 180.0
+
+
+# --------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    """The q-th percentile (0-100), interpolated between the closest ranks."""
+    data = sorted(values)
+    if not data:
+        return None
+    rank = (len(data) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(data) - 1)
+    return data[low] + (data[high] - data[low]) * (rank - low)
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    data = [v for v in values if v is not None]
+    return statistics.median(data) if data else None
+
+
+def medians(runs: list[dict]) -> dict:
+    """The median of every numeric figure over several runs of a scenario."""
+    keys = [key for key in runs[0] if isinstance(runs[0][key], int | float | type(None))]
+    return {key: median(run.get(key) for run in runs) for key in keys}
+
+
+# --------------------------------------------------------------------------
+# The client: one chat, and what became of it
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class ChatResult(ChatStream):
+    """A chat stream as harness.sse sees it, plus how the connection ended."""
+
+    transport_error: str | None = None
+    dropped: bool = False
+    tokens_seen: int = 0
+
+    @property
+    def duration(self) -> float | None:
+        return self.finished - self.started if self.finished is not None else None
+
+    @property
+    def gaps(self) -> list[float]:
+        """Seconds between consecutive tokens of this stream."""
+        times = [event.at for event in self.token_events]
+        return [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+
+
+def classify(result: ChatResult) -> str:
+    """complete, refused (503 before any stream), error (an error event, then
+    [DONE]), cut_off (the connection ended without [DONE] or without any
+    message) or other (any other status)."""
+    if result.transport_error is None and result.status == 503:
+        return "refused"
+    if result.status not in (0, 200):
+        return "other"
+    if result.transport_error is not None or not result.ended_with_done:
+        return "cut_off"
+    if result.errors:
+        return "error"
+    return "complete" if result.token_events else "cut_off"
+
+
+def take_events(buffer: bytes, now: float, result: ChatResult, stop_after_tokens: int | None) -> bytes:
+    """Move the complete events at the head of `buffer` into `result`; return the rest.
+
+    Only a chat that will hang up counts its tokens as they come: the
+    client's time is the measurement's, so the rest is parsed afterwards.
+    """
+    while b"\n\n" in buffer:
+        raw, buffer = buffer.split(b"\n\n", 1)
+        event = Event(raw.decode("utf-8"), now)
+        result.events.append(event)
+        if stop_after_tokens is not None and not event.done and event.json().get("token"):
+            result.tokens_seen += 1
+            if result.tokens_seen >= stop_after_tokens:
+                result.dropped = True
+                break
+    return buffer
+
+
+class RawClient:
+    """A minimal HTTP/1.1 client on asyncio streams, one connection per chat.
+
+    It is the default because it costs the event loop a fraction of what
+    httpx costs per event: on 2 cores with 32 streams, httpx alone put tens of
+    milliseconds on every first token (BENCH_CLIENT=httpx shows it).
+    """
+
+    def __init__(self, base_url: str, connections: int = 1):
+        parts = urlsplit(base_url)
+        self.host, self.port = parts.hostname, parts.port
+
+    async def __aenter__(self) -> RawClient:
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        return None
+
+    async def chat(self, prompt: str = PROMPT, *, stop_after_tokens: int | None = None) -> ChatResult:
+        """POST /chat and read the SSE answer, timing each event as it arrives.
+
+        With `stop_after_tokens`, hang up after that many tokens, as a user
+        pressing Stop would.
+        """
+        started = time.monotonic()
+        result = ChatResult(status=0, headers=httpx.Headers(), started=started)
+        writer = None
+        try:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            body = json.dumps({"prompt": prompt}).encode()
+            writer.write(
+                b"POST /chat HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (self.host.encode(), self.port, len(body), body)
+            )
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            result.status = int(head[0].split()[1])
+            fields = (line.split(":", 1) for line in head[1:] if ":" in line)
+            result.headers = httpx.Headers([(name, value.strip()) for name, value in fields])
+            if result.headers.get("transfer-encoding", "").lower() != "chunked":
+                length = result.headers.get("content-length")
+                result.body = await (reader.readexactly(int(length)) if length else reader.read())
+                take_events(result.body, time.monotonic(), result, None)
+                return result
+            buffer = b""
+            while not result.dropped:
+                size = int((await reader.readline()).split(b";")[0], 16)
+                chunk = await reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                buffer = take_events(buffer + chunk[:-2], time.monotonic(), result, stop_after_tokens)
+        except (OSError, EOFError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
+            result.transport_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            result.finished = time.monotonic()
+            if writer is not None:
+                writer.close()
+        return result
+
+
+class HttpxClient:
+    """The same chat through httpx.AsyncClient, to compare (BENCH_CLIENT=httpx)."""
+
+    def __init__(self, base_url: str, connections: int = 1):
+        # One connection per stream, so that no chat waits for the client's pool.
+        limits = httpx.Limits(max_connections=connections + 8, max_keepalive_connections=connections + 8)
+        timeout = httpx.Timeout(90.0, connect=15.0)
+        self.http = httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout)
+
+    async def __aenter__(self) -> HttpxClient:
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.http.aclose()
+
+    async def chat(self, prompt: str = PROMPT, *, stop_after_tokens: int | None = None) -> ChatResult:
+        started = time.monotonic()
+        result = ChatResult(status=0, headers=httpx.Headers(), started=started)
+        try:
+            async with self.http.stream("POST", "/chat", json={"prompt": prompt}) as response:
+                result.status, result.headers = response.status_code, response.headers
+                if "text/event-stream" not in response.headers.get("content-type", ""):
+                    result.body = await response.aread()
+                    return result
+                buffer = b""
+                async for chunk in response.aiter_raw():
+                    buffer = take_events(buffer + chunk, time.monotonic(), result, stop_after_tokens)
+                    if result.dropped:
+                        break
+        except (httpx.HTTPError, ValueError) as exc:
+            result.transport_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            result.finished = time.monotonic()
+        return result
+
+
+CLIENTS = {"raw": RawClient, "httpx": HttpxClient}
+
+
+def new_client(base_url: str, connections: int, kind: str = "raw") -> RawClient | HttpxClient:
+    return CLIENTS[kind](base_url, connections)
+
+
+async def chats_at_once(base_url: str, count: int, opts: Options) -> list[ChatResult]:
+    async with new_client(base_url, count, opts.client) as client:
+        chats = (client.chat(opts.prompt) for _ in range(count))
+        return await asyncio.wait_for(asyncio.gather(*chats), opts.scenario_timeout)
+
+
+# --------------------------------------------------------------------------
+# Probes: /health from another process, the client's own loop, the server tree
+# --------------------------------------------------------------------------
+
+
+def health_probe(url: str, interval: float) -> None:
+    """Poll GET /health on one kept-alive connection until stdin says stop.
+
+    It runs as its own process (`bench.py --health-probe URL`) so that neither
+    the client's event loop nor its GIL adds to the latencies it reports.
+    """
+    parts = urlsplit(url)
+    latencies: list[float] = []
+    errors = 0
+
+    def connect() -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+
+    conn = connect()
+    print("ready", flush=True)
+    started = time.process_time()
+    while not select.select([sys.stdin], [], [], 0)[0]:
+        begin = time.perf_counter()
+        try:
+            conn.request("GET", "/health")
+            response = conn.getresponse()
+            response.read()
+            if response.status == 200:
+                latencies.append(time.perf_counter() - begin)
+            else:
+                errors += 1
+        except (OSError, http.client.HTTPException):
+            errors += 1
+            conn.close()
+            conn = connect()
+        time.sleep(interval)
+    conn.close()
+    print(json.dumps({"latencies": latencies, "errors": errors, "cpu": time.process_time() - started}))
+
+
+class HealthProbe:
+    """The health_probe process, started and stopped around a load."""
+
+    def __init__(self, proc: asyncio.subprocess.Process):
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, base_url: str, interval: float = 0.02) -> HealthProbe:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--health-probe", base_url, "--interval", str(interval),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+        await asyncio.wait_for(proc.stdout.readline(), 30)
+        return cls(proc)
+
+    async def stop(self) -> dict:
+        self.proc.stdin.write(b"stop\n")
+        await self.proc.stdin.drain()
+        out, _ = await asyncio.wait_for(self.proc.communicate(), 30)
+        return json.loads(out)
+
+
+async def watch_loop(stop: asyncio.Event, interval: float = 0.005) -> list[float]:
+    """How late this client's event loop wakes up: its own share of any delay."""
+    loop = asyncio.get_running_loop()
+    lags = []
+    while not stop.is_set():
+        before = loop.time()
+        await asyncio.sleep(interval)
+        lags.append(loop.time() - before - interval)
+    return lags
+
+
+def tree_roles(master: int) -> dict[int, str]:
+    """Each process of the server tree: master, arbiter, http or dirty worker."""
+    parents = {}
+    for pid in process_tree(master):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+    has_children = set(parents.values())
+    roles = {}
+    for pid, ppid in parents.items():
+        if pid == master:
+            roles[pid] = "master"
+        elif ppid == master:
+            # The arbiter is the master's child that has children of its own.
+            roles[pid] = "arbiter" if pid in has_children else "http"
+        else:
+            roles[pid] = "dirty"
+    return roles
+
+
+def cpu_seconds(pids: Iterable[int]) -> dict[int, float]:
+    """User + system CPU seconds each process has used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return used
+
+
+def tree_sample(server: LiveServer) -> dict:
+    pids = server.pids()
+    return {"pss": memory_kib(pids, "Pss"), "rss": memory_kib(pids, "Rss"), "sockets": socket_count(pids)}
+
+
+# --------------------------------------------------------------------------
+# Scenarios
+# --------------------------------------------------------------------------
+
+
+def summarize(results: list[ChatResult], solo_duration: float | None = None) -> dict:
+    """The figures of one load: outcomes, first tokens, durations, gaps."""
+    outcomes = Counter(classify(r) for r in results)
+    ttft = [r.first_token_at for r in results if r.first_token_at is not None]
+    complete = [r for r in results if classify(r) == "complete"]
+    durations = [r.duration for r in complete]
+    gaps = [gap for r in complete for gap in r.gaps]
+    slowest = max(durations) if durations else None
+    return {
+        "streams": len(results),
+        **{outcome: outcomes.get(outcome, 0) for outcome in OUTCOMES},
+        "ttft_p50": percentile(ttft, 50),
+        "ttft_p95": percentile(ttft, 95),
+        "ttft_max": max(ttft) if ttft else None,
+        "slowest": slowest,
+        "slowest_over_solo": slowest / solo_duration if slowest and solo_duration else None,
+        "gap_p50": percentile(gaps, 50),
+        "gap_p95": percentile(gaps, 95),
+    }
+
+
+async def load(server: LiveServer, count: int, opts: Options, solo_duration: float | None,
+               *, health: bool = True) -> dict:
+    """`count` chats started at once; /health polled meanwhile; the tree sampled."""
+    roles = tree_roles(server.pid)
+    cpu_before, client_before = cpu_seconds(roles), time.process_time()
+    probe = await HealthProbe.start(server.base_url) if health else None
+    stop = asyncio.Event()
+    lag_task = asyncio.create_task(watch_loop(stop))
+    samples = []
+
+    async def sample_tree():
+        # A few samples while the streams run; each takes some 60 ms of /proc reading.
+        while True:
+            await asyncio.sleep(1.0)
+            samples.append(await asyncio.to_thread(tree_sample, server))
+
+    sampler = asyncio.create_task(sample_tree())
+    started = time.monotonic()
+    try:
+        results = await chats_at_once(server.base_url, count, opts)
+    finally:
+        wall = time.monotonic() - started
+        sampler.cancel()
+        stop.set()
+        lags = await lag_task
+        health_data = await probe.stop() if probe else None
+    cpu_after, client_cpu = cpu_seconds(roles), time.process_time() - client_before
+    by_role = Counter()
+    for pid, role in roles.items():
+        if pid in cpu_before and pid in cpu_after:
+            by_role[role] += cpu_after[pid] - cpu_before[pid]
+    summary = summarize(results, solo_duration)
+    summary.update(
+        wall=wall,
+        pss=max((s["pss"] for s in samples), default=None),
+        rss=max((s["rss"] for s in samples), default=None),
+        sockets_peak=max((s["sockets"] for s in samples), default=None),
+        loop_lag_p99=percentile(lags, 99),
+        loop_lag_max=max(lags, default=None),
+        client_cpu=client_cpu,
+        **{f"cpu_{role}": by_role.get(role, 0.0) for role in ("master", "http", "arbiter", "dirty")},
+    )
+    if health_data is not None:
+        summary.update(
+            health_samples=len(health_data["latencies"]),
+            health_errors=health_data["errors"],
+            health_p50=percentile(health_data["latencies"], 50),
+            health_p99=percentile(health_data["latencies"], 99),
+            health_max=max(health_data["latencies"], default=None),
+            probe_cpu=health_data["cpu"],
+        )
+    summary["ttft"] = [r.first_token_at for r in results if r.first_token_at is not None]
+    return summary
+
+
+async def solo(server: LiveServer, opts: Options) -> dict:
+    """One chat at a time on an idle server, `repeat` times."""
+    runs = []
+    async with new_client(server.base_url, 1, opts.client) as http:
+        for _ in range(opts.repeat):
+            result = await asyncio.wait_for(http.chat(opts.prompt), opts.scenario_timeout)
+            if classify(result) != "complete":
+                raise RuntimeError(f"a solo chat ended {classify(result)}: {result.transport_error}")
+            runs.append({"ttft": result.first_token_at, "duration": result.duration,
+                         "gap_p50": percentile(result.gaps, 50), "gap_p95": percentile(result.gaps, 95)})
+    return {"runs": runs, **medians(runs)}
+
+
+async def warm_up(server: LiveServer, workers: int, opts: Options) -> None:
+    """One chat per dirty worker (the arbiter takes them in turn), all at once."""
+    results = await chats_at_once(server.base_url, workers, opts)
+    bad = [classify(r) for r in results if classify(r) != "complete"]
+    if bad:
+        raise RuntimeError(f"warm-up chats failed: {bad}")
+
+
+async def drop_then_next(server: LiveServer, opts: Options) -> dict:
+    """With one dirty worker: how soon the next chat starts after a hang-up.
+
+    Each sample pairs an idle first token with the first token of a chat sent
+    right after another client dropped its stream, both through the same client.
+    """
+    settle = 0.5  # the worker drops an abandoned answer within one token gap
+    idle, after = [], []
+    async with new_client(server.base_url, 2, opts.client) as http:
+        for _ in range(opts.drop_samples * opts.repeat):
+            first = await http.chat(opts.prompt, stop_after_tokens=1)
+            idle.append(first.first_token_at)
+            await asyncio.sleep(settle)
+            dropped = await http.chat(opts.prompt, stop_after_tokens=3)
+            if not dropped.dropped:
+                raise RuntimeError(f"the stream to drop ended early: {classify(dropped)}")
+            following = await http.chat(opts.prompt, stop_after_tokens=1)
+            after.append(following.first_token_at)
+            await asyncio.sleep(settle)
+    per_run = [after[i::opts.repeat] for i in range(opts.repeat)]
+    return {
+        "samples": len(after),
+        "idle_ttft": median(idle),
+        "after_drop_ttft": median(median(run) for run in per_run),
+        "after_drop_max": max((a for a in after if a is not None), default=None),
+        "idle": idle,
+        "after": after,
+    }
+
+
+async def sockets_after_drops(server: LiveServer, workers: int, opts: Options) -> dict:
+    """`socket_requests` chats, every other one dropped after two tokens; then
+    the tree's socket count must come back to its idle value."""
+    idle = await asyncio.to_thread(socket_count, server.pids())
+    concurrency = 2 * workers
+    gate = asyncio.Semaphore(concurrency)
+    outcomes = Counter()
+    peak = idle
+
+    async def one(http, index):
+        async with gate:
+            result = await http.chat(opts.prompt, stop_after_tokens=2 if index % 2 == 0 else None)
+            outcomes["dropped" if result.dropped else classify(result)] += 1
+
+    async def watch():
+        nonlocal peak
+        while True:
+            await asyncio.sleep(1.0)
+            peak = max(peak, await asyncio.to_thread(socket_count, server.pids()))
+
+    watcher = asyncio.create_task(watch())
+    started = time.monotonic()
+    try:
+        async with new_client(server.base_url, concurrency, opts.client) as http:
+            await asyncio.wait_for(
+                asyncio.gather(*(one(http, i) for i in range(opts.socket_requests))),
+                opts.scenario_timeout,
+            )
+    finally:
+        watcher.cancel()
+    # Drops may close the arbiter's link to a dirty worker, reopened on its
+    # next request: one more chat per worker makes the count comparable.
+    await warm_up(server, workers, opts)
+    wall = time.monotonic() - started
+    waited_from = time.monotonic()
+    deadline = waited_from + 5.0
+    while (count := socket_count(server.pids())) != idle and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return {
+        "requests": opts.socket_requests,
+        "concurrency": concurrency,
+        "outcomes": dict(outcomes),
+        "idle": idle,
+        "peak": peak,
+        "after": count,
+        "sockets_leaked": count - idle,
+        "seconds_to_idle": time.monotonic() - waited_from if count == idle else None,
+        "wall": wall,
+    }
+
+
+# --------------------------------------------------------------------------
+# Running the configurations
+# --------------------------------------------------------------------------
+
+
+def final_step() -> Path:
+    """The final step as shipped: the last core step, or BENCH_STEP."""
+    chosen = os.environ.get("BENCH_STEP", "")
+    if chosen and Path(chosen).is_dir():
+        return Path(chosen).resolve()
+    if chosen:
+        return find_step(chosen)
+    return [p for p in step_dirs() if int(p.name[:2]) <= LAST_CORE_STEP][-1]
+
+
+def shipped_workers(step_dir: Path) -> int:
+    """How many dirty workers the step's gunicorn_conf.py asks for, in this environment."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import gunicorn_conf; print(gunicorn_conf.dirty_workers)"],
+        cwd=step_dir, capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": str(step_dir)},
+    )
+    return int(out.stdout.strip())
+
+
+def config_label(workers: int, default: int) -> str:
+    return f"{workers} (shipped)" if workers == default else str(workers)
+
+
+async def run_config(workers: int, opts: Options, log: Callable[[str], None]) -> dict:
+    """Every scenario that applies to one configuration, on one fresh server."""
+    default = workers == opts.default_workers
+    result: dict = {"dirty_workers": workers, "label": config_label(workers, opts.default_workers),
+                    "shipped": default}
+    log(f"[{result['label']}] starting a server with DIRTY_WORKERS={workers}")
+    server = await asyncio.to_thread(
+        start_server, opts.step_dir, env={"DIRTY_WORKERS": str(workers)}, dirty_workers=workers,
+        log_dir=LOG_DIR,
+    )
+    try:
+        result["idle"] = await asyncio.to_thread(tree_sample, server)
+        await warm_up(server, workers, opts)
+        result["idle_after_warm_up"] = await asyncio.to_thread(tree_sample, server)
+        solo_duration = None
+        if opts.scenarios & {"together", "sweep", "health", "burst"}:
+            log(f"[{result['label']}] solo x{opts.repeat}")
+            result["solo"] = await solo(server, opts)
+            solo_duration = result["solo"]["duration"]
+        if "together" in opts.scenarios:
+            runs = []
+            for i in range(opts.repeat):
+                log(f"[{result['label']}] {opts.together} chats together, run {i + 1}/{opts.repeat}")
+                runs.append(await load(server, opts.together, opts, solo_duration))
+            result["together"] = {"runs": runs, **medians(runs)}
+        if default and "sweep" in opts.scenarios:
+            result["sweep"] = {}
+            for count in opts.sweep:
+                runs = []
+                for i in range(opts.repeat):
+                    log(f"[{result['label']}] sweep: {count} chats together, run {i + 1}/{opts.repeat}")
+                    runs.append(await load(server, count, opts, solo_duration))
+                result["sweep"][str(count)] = {"runs": runs, **medians(runs)}
+        if default and "health" in opts.scenarios:
+            runs = []
+            for i in range(opts.repeat):
+                log(f"[{result['label']}] {opts.health_streams} streams + /health, run {i + 1}/{opts.repeat}")
+                runs.append(await load(server, opts.health_streams, opts, solo_duration))
+            result["health"] = {"runs": runs, **medians(runs)}
+        if "burst" in opts.scenarios:
+            count = opts.burst_factor * workers
+            log(f"[{result['label']}] burst of {count} chats ({opts.burst_factor}x capacity)")
+            result["burst"] = await load(server, count, opts, solo_duration, health=False)
+        if workers == 1 and "drop" in opts.scenarios:
+            samples = opts.drop_samples * opts.repeat
+            log(f"[{result['label']}] drop a stream, time the next one ({samples} samples)")
+            result["drop"] = await drop_then_next(server, opts)
+        if default and "sockets" in opts.scenarios:
+            log(f"[{result['label']}] {opts.socket_requests} chats, half dropped, then count sockets")
+            result["sockets"] = await sockets_after_drops(server, workers, opts)
+    finally:
+        await asyncio.to_thread(server.stop)
+    return result
+
+
+async def run_bench(opts: Options, log: Callable[[str], None] = print) -> dict:
+    LOG_DIR.mkdir(exist_ok=True)
+    started = time.monotonic()
+    configs = []
+    for workers in opts.configs:
+        configs.append(await run_config(workers, opts, log))
+    # The drop scenario needs one dirty worker: a run without that config gets its own.
+    if "drop" in opts.scenarios and not any("drop" in c for c in configs):
+        helper = await run_config(1, replace(opts, scenarios=frozenset({"drop"})), log)
+        configs.append({**helper, "helper": True})
+    return {
+        "meta": metadata(opts, time.monotonic() - started),
+        "configs": [c for c in configs if not c.get("helper")],
+        "drop": next((c["drop"] for c in configs if "drop" in c), None),
+        "targets": evaluate_targets(configs),
+    }
+
+
+def metadata(opts: Options, seconds: float) -> dict:
+    import gunicorn
+
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "gunicorn": gunicorn.__version__,
+        "step": opts.step_dir.name,
+        "shipped_dirty_workers": opts.default_workers,
+        "configs": opts.configs,
+        "prompt": opts.prompt,
+        "client": opts.client,
+        "repeat": opts.repeat,
+        "quick": opts.quick,
+        "together": opts.together,
+        "burst_factor": opts.burst_factor,
+        "seconds": round(seconds, 1),
+        "command": "make bench" + (" BENCH_QUICK=1" if opts.quick else ""),
+    }
+
+
+def evaluate_targets(configs: list[dict]) -> list[dict]:
+    """Each target with the measured figure (a median) and whether it is met."""
+    shipped = next((c for c in configs if c.get("shipped")), {})
+    drop = next((c["drop"] for c in configs if "drop" in c), {})
+    bursts = [c["burst"] for c in configs if "burst" in c]
+    measured = {
+        "ttft_p95": shipped.get("together", {}).get("ttft_p95"),
+        "slowest_over_solo": shipped.get("together", {}).get("slowest_over_solo"),
+        "pss": shipped.get("together", {}).get("pss"),
+        "health_p99": shipped.get("health", {}).get("health_p99"),
+        "after_drop_ttft": drop.get("after_drop_ttft"),
+        "sockets_leaked": shipped.get("sockets", {}).get("sockets_leaked"),
+        "burst_cut_off": sum(b["cut_off"] for b in bursts) if bursts else None,
+    }
+    rows = []
+    for key, figure, limit, unit in TARGETS:
+        value = measured[key]
+        if value is None:
+            met = None
+        elif key == "sockets_leaked":
+            met = value == limit
+        else:
+            met = value <= limit
+        rows.append({"key": key, "figure": figure, "limit": limit, "unit": unit, "value": value, "met": met})
+    return rows
+
+
+# --------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------
+
+
+def ms(value: float | None) -> str:
+    return "–" if value is None else f"{value * 1000:.0f} ms"
+
+
+def mib(kib: float | None) -> str:
+    return "–" if kib is None else f"{kib / 1024:.0f} MiB"
+
+
+def times(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
+def show_target(row: dict) -> tuple[str, str, str]:
+    unit, limit, value = row["unit"], row["limit"], row["value"]
+    if unit == "s":
+        shown = (f"≤ {ms(limit)}", ms(value))
+    elif unit == "x":
+        shown = (f"≤ {limit}×", times(value))
+    elif unit == "KiB":
+        shown = (f"≤ {limit / 1024 / 1024:.0f} GiB", mib(value))
+    else:
+        shown = (f"{limit}", num(value))
+    verdict = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]
+    return (*shown, verdict)
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(results: dict) -> str:
+    """The tables of table.md (and of the terminal), from results.json's data."""
+    meta = results["meta"]
+    parts = [
+        f"Measured {meta['date']} on {meta['cores']} cores, Python {meta['python']}, "
+        f"gunicorn {meta['gunicorn']}, step `{meta['step']}` ({meta['shipped_dirty_workers']} dirty "
+        f"workers as shipped), prompt \"{meta['prompt']}\", {meta['client']} client, "
+        f"medians of {meta['repeat']} runs. "
+        f"Reproduce with `{meta['command']}` ({meta['seconds']:.0f} s).",
+    ]
+    parts.append(
+        "### Targets (the final step as shipped)\n\n"
+        + md_table(["figure", "target", "measured", "met"],
+                   [[row["figure"], *show_target(row)] for row in results["targets"]])
+    )
+    configs = results["configs"]
+    together = [c for c in configs if "together" in c]
+    if together:
+        count = meta["together"]
+        rows = []
+        for c in together:
+            t = c["together"]
+            rows.append([
+                c["label"], f"{num(t['complete'])}/{num(t['streams'])}", num(t["refused"]),
+                ms(t["ttft_p50"]), ms(t["ttft_p95"]), ms(t["ttft_max"]), times(t["slowest_over_solo"]),
+                f"{ms(t['gap_p50'])} / {ms(t['gap_p95'])}",
+                f"{ms(t.get('health_p50'))} / {ms(t.get('health_p99'))}",
+                mib(t["pss"]), mib(t["rss"]),
+                f"{num(c['idle_after_warm_up']['sockets'])} / {num(t['sockets_peak'])}",
+            ])
+        parts.append(
+            f"### {count} chats started together, side by side\n\n"
+            + md_table(["dirty workers", "complete", "503", "TTFT p50", "TTFT p95", "TTFT max",
+                        "slowest / solo", "token gap p50 / p95", "/health p50 / p99",
+                        "PSS", "RSS", "sockets idle / load"], rows)
+            + "\n\nTTFT counts from the request to the first non-empty token, waiting in line"
+            " included. The model itself pauses 30–80 ms before every word, the first one too."
+        )
+    shipped = next((c for c in configs if c["shipped"]), None)
+    if shipped and ("sweep" in shipped or "health" in shipped):
+        points = [("1 (solo)", {"ttft_p50": shipped["solo"]["ttft"], "ttft_p95": None,
+                                "slowest_over_solo": 1.0})]
+        points += [(n, run) for n, run in shipped.get("sweep", {}).items()]
+        if "together" in shipped:
+            points.append((str(meta["together"]), shipped["together"]))
+        if "health" in shipped:
+            points.append((str(shipped["health"]["streams"]), shipped["health"]))
+        points.sort(key=lambda p: int(str(p[0]).split()[0]))
+        rows = [[str(n), ms(p["ttft_p50"]), ms(p["ttft_p95"]), times(p["slowest_over_solo"]),
+                 ms(p.get("health_p99")), ms(p.get("loop_lag_max"))] for n, p in points]
+        parts.append(
+            f"### Concurrency, {shipped['label']} dirty workers\n\n"
+            + md_table(["chats at once", "TTFT p50", "TTFT p95", "slowest / solo", "/health p99",
+                        "client loop lag max"], rows)
+        )
+    if shipped and "together" in shipped:
+        t = shipped["together"]
+        cpu = {f"{role} ({shipped['label'] if role == 'dirty' else 1})": t[f"cpu_{role}"]
+               for role in ("http", "arbiter", "dirty", "master")}
+        cpu["bench client"] = t["client_cpu"]
+        cpu["/health probe"] = t.get("probe_cpu")
+        rows = [[role, f"{sec:.2f} s", f"{100 * sec / (t['wall'] * meta['cores']):.0f} %"]
+                for role, sec in cpu.items() if sec is not None]
+        parts.append(
+            f"### Where the CPU goes: {meta['together']} chats together, {shipped['label']} dirty workers\n\n"
+            + md_table(["processes", f"CPU in {t['wall']:.1f} s", f"of {meta['cores']} cores"], rows)
+            + f"\n\nThe bench client's event loop woke up to {ms(t['loop_lag_max'])} late"
+            f" (p99 {ms(t['loop_lag_p99'])}): its share of any delay above."
+        )
+    bursts = [c for c in configs if "burst" in c]
+    if bursts:
+        rows = [[c["label"], num(c["burst"]["streams"]), *(num(c["burst"][o]) for o in OUTCOMES),
+                 ms(c["burst"]["ttft_p50"]), ms(c["burst"]["ttft_max"]), ms(ideal_last_ttft(c, meta))]
+                for c in bursts]
+        parts.append(
+            f"### A burst of {meta['burst_factor']}× capacity (one run)\n\n"
+            + md_table(["dirty workers", "chats", "complete", "503", "error event", "cut off", "other",
+                        "TTFT p50", "TTFT max", "TTFT max if no worker idled"], rows)
+            + "\n\nThe line holds 4 waiting chats per dirty worker, so a 4× burst fits in it:"
+            " it tests waiting, and a 503 only appears beyond 5×. The last column is"
+            f" {meta['burst_factor'] - 1} solo answers plus a solo first token: what the last chat"
+            " would wait if each chat took the first free worker."
+        )
+    drop = results.get("drop")
+    if drop:
+        parts.append(
+            "### A dropped stream, 1 dirty worker\n\n"
+            + md_table(["samples", "first token, idle", "first token, right after a drop", "worst"],
+                       [[num(drop["samples"]), ms(drop["idle_ttft"]), ms(drop["after_drop_ttft"]),
+                         ms(drop["after_drop_max"])]])
+        )
+    if shipped and "sockets" in shipped:
+        s = shipped["sockets"]
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(s["outcomes"].items()))
+        parts.append(
+            f"### Sockets, {shipped['label']} dirty workers\n\n"
+            + md_table(["requests", "at once", "outcomes", "idle", "peak", "after", "back to idle in"],
+                       [[num(s["requests"]), num(s["concurrency"]), outcomes, num(s["idle"]),
+                         num(s["peak"]), num(s["after"]), ms(s["seconds_to_idle"])]])
+        )
+    return "\n\n".join(parts) + "\n"
+
+
+def ideal_last_ttft(config: dict, meta: dict) -> float | None:
+    solo_run = config.get("solo")
+    if not solo_run:
+        return None
+    return (meta["burst_factor"] - 1) * solo_run["duration"] + solo_run["ttft"]
+
+
+def plot(results: dict, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = [c for c in results["configs"] if "together" in c]
+    shipped = next((c for c in results["configs"] if c["shipped"]), None)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax = axes[0]
+    if configs:
+        labels = [c["label"] for c in configs]
+        x = range(len(configs))
+        for key, name, style in (("ttft_p50", "p50", "o-"), ("ttft_p95", "p95", "s--")):
+            ax.plot(x, [(c["together"][key] or 0) * 1000 for c in configs], style, label=name)
+        ax.set_xticks(list(x), labels)
+        ax.set_yscale("log")
+        ax.axhline(150, color="grey", linestyle=":", label="target p95 (shipped)")
+        ax.set_xlabel("dirty workers")
+        ax.set_ylabel("time to first token (ms)")
+        ax.set_title(f"{results['meta']['together']} chats started together")
+        ax.legend()
+    ax = axes[1]
+    if shipped:
+        points = [(1, shipped["solo"]["ttft"], shipped["solo"]["ttft"])]
+        for n, run in shipped.get("sweep", {}).items():
+            points.append((int(n), run["ttft_p50"], run["ttft_p95"]))
+        for key in ("together", "health"):
+            if key in shipped:
+                points.append((shipped[key]["streams"], shipped[key]["ttft_p50"], shipped[key]["ttft_p95"]))
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] * 1000 for p in points], "o-", label="p50")
+        ax.plot([p[0] for p in points], [p[2] * 1000 for p in points], "s--", label="p95")
+        ax.axvline(shipped["dirty_workers"], color="grey", linestyle=":", label="dirty workers")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("chats at once")
+        ax.set_ylabel("time to first token (ms)")
+        ax.set_title(f"{shipped['label']} dirty workers")
+        ax.legend()
+    fig.suptitle(f"Time to first token, step {results['meta']['step']}")
+    fig.tight_layout()
+    fig.savefig(out_dir / "ttft_by_workers.png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+    bursts = [c for c in results["configs"] if "burst" in c]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    bottom = [0] * len(bursts)
+    colors = {"complete": "tab:green", "refused": "tab:orange", "error": "tab:red",
+              "cut_off": "black", "other": "tab:grey"}
+    for outcome in OUTCOMES:
+        counts = [c["burst"][outcome] for c in bursts]
+        ax.bar([c["label"] for c in bursts], counts, bottom=bottom, label=outcome.replace("_", " "),
+               color=colors[outcome])
+        bottom = [b + n for b, n in zip(bottom, counts, strict=True)]
+    ax.set_xlabel("dirty workers")
+    ax.set_ylabel("chats")
+    ax.set_title(f"A burst of {results['meta']['burst_factor']}× capacity: what became of each chat")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "burst.png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def write_outputs(results: dict, out_dir: Path, plots: bool = True) -> str:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = render_markdown(results)
+    banner = "<!-- generated by `make bench` (tools/bench.py): do not edit -->\n\n"
+    (out_dir / "table.md").write_text(banner + table)
+    (out_dir / "results.json").write_text(json.dumps(rounded(results), indent=1) + "\n")
+    if plots:
+        plot(results, out_dir)
+    return table
+
+
+def rounded(data):
+    """Floats to microseconds (or 6 digits): enough, and a readable diff."""
+    if isinstance(data, float):
+        return round(data, 6)
+    if isinstance(data, dict):
+        return {key: rounded(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [rounded(value) for value in data]
+    return data
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    step_dir = Path(args.step).resolve() if args.step and Path(args.step).is_dir() else (
+        find_step(args.step) if args.step else final_step())
+    default = shipped_workers(step_dir)
+    quick = args.quick
+    if args.configs:
+        configs = [default if c == "shipped" else int(c) for c in args.configs.split(",")]
+    else:
+        # A quick run keeps the shipped config; the drop scenario starts its own 1-worker server.
+        configs = [default] if quick else [1, 2, 4, 8, default]
+    configs = sorted(set(configs))
+    opts = Options(step_dir=step_dir, configs=configs, default_workers=default,
+                   repeat=args.repeat or (1 if quick else 3), quick=quick,
+                   out_dir=Path(args.out).resolve() if args.out else OUT_DIR)
+    if quick:
+        opts = replace(opts, sweep=(), socket_requests=100, drop_samples=3)
+    opts = replace(opts, client=args.client)
+    if args.scenarios:
+        opts = replace(opts, scenarios=frozenset(args.scenarios.split(",")))
+    return opts
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+    parser.add_argument("--quick", action="store_true", default=quick)
+    parser.add_argument("--repeat", type=int, default=int(os.environ.get("REPEAT") or 0))
+    parser.add_argument("--step", default=os.environ.get("BENCH_STEP", ""))
+    parser.add_argument("--out", default=os.environ.get("BENCH_OUT", ""))
+    parser.add_argument("--configs", help="dirty worker counts, e.g. 1,8,shipped (default 1,2,4,8,shipped)")
+    parser.add_argument("--scenarios", help="a subset of together,sweep,health,burst,drop,sockets")
+    parser.add_argument("--client", choices=sorted(CLIENTS), default=os.environ.get("BENCH_CLIENT", "raw"))
+    parser.add_argument("--health-probe", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--interval", type=float, default=0.02, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.health_probe:
+        health_probe(args.health_probe, args.interval)
+        return 0
+    opts = options_from(args)
+    print(f"Benchmarking {opts.step_dir.name}: dirty workers {opts.configs}, shipped {opts.default_workers}, "
+          f"repeat {opts.repeat}{' (quick)' if opts.quick else ''}", flush=True)
+    results = rounded(asyncio.run(run_bench(opts, lambda line: print(line, flush=True))))
+    table = write_outputs(results, opts.out_dir, opts.plots)
+    print()
+    print(table)
+    print(f"Wrote {opts.out_dir.relative_to(ROOT) if opts.out_dir.is_relative_to(ROOT) else opts.out_dir}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
