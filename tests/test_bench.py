@@ -1,0 +1,127 @@
+"""`make bench` cannot rot: its pure functions, and one tiny run against a live server."""
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from harness.sse import Event
+from tools import bench
+
+
+def result(status=200, events=(), transport_error=None, dropped=False) -> bench.ChatResult:
+    stream = bench.ChatResult(status=status, headers=httpx.Headers(), started=0.0,
+                              transport_error=transport_error, dropped=dropped)
+    stream.events = [Event(f"data: {data}", at) for at, data in events]
+    stream.finished = events[-1][0] if events else 0.0
+    return stream
+
+
+TOKENS = [(0.1, '{"token": "", "waiting": 1}'), (0.3, '{"token": "Hi"}'), (0.35, '{"token": " there"}')]
+DONE = [(0.4, "[DONE]")]
+
+
+def test_percentile_interpolates_between_ranks():
+    assert bench.percentile([], 50) is None
+    assert bench.percentile([7.0], 95) == 7.0
+    assert bench.percentile([1, 2, 3, 4], 50) == 2.5
+    assert bench.percentile(range(101), 95) == 95
+    assert bench.percentile([3, 1, 2], 100) == 3
+
+
+def test_medians_take_every_number_and_skip_missing_values():
+    runs = [{"a": 1.0, "b": None, "ttft": [1]}, {"a": 3.0, "b": 2.0, "ttft": [2]}, {"a": 2.0, "b": None}]
+    assert bench.medians(runs) == {"a": 2.0, "b": 2.0}
+
+
+@pytest.mark.parametrize(
+    ("stream", "outcome"),
+    [
+        (result(events=TOKENS + DONE), "complete"),
+        (result(status=503), "refused"),
+        (result(events=TOKENS + [(0.5, '{"error": {"message": "x", "type": "timeout"}}')] + DONE), "error"),
+        (result(events=TOKENS), "cut_off"),
+        (result(events=TOKENS, transport_error="RemoteProtocolError: closed"), "cut_off"),
+        (result(status=0, transport_error="ConnectionResetError"), "cut_off"),
+        (result(events=DONE), "cut_off"),
+        (result(status=504), "other"),
+    ],
+    ids=["complete", "503", "error-event", "no-done", "transport", "no-response", "no-message", "504"],
+)
+def test_outcomes(stream, outcome):
+    assert bench.classify(stream) == outcome
+
+
+def test_a_stream_times_its_first_token_and_gaps():
+    stream = result(events=TOKENS + DONE)
+    assert stream.first_token_at == 0.3  # the waiting event is not a token
+    assert stream.gaps == pytest.approx([0.05])
+    summary = bench.summarize([stream, result(status=503)], solo_duration=0.2)
+    assert summary["complete"] == summary["refused"] == 1
+    assert summary["slowest_over_solo"] == pytest.approx(2.0)
+
+
+def test_take_events_keeps_a_partial_event_and_stops_after_tokens():
+    stream = result()
+    rest = bench.take_events(b'data: {"token": "a"}\n\ndata: {"token": "b"}\n\ndata: {"to', 1.0, stream, 2)
+    assert rest == b'data: {"to'
+    assert [e.data for e in stream.events] == ['{"token": "a"}', '{"token": "b"}']
+    assert stream.dropped
+
+
+def synthetic_results() -> dict:
+    run = {"streams": 32, "complete": 32, "refused": 0, "error": 0, "cut_off": 0, "other": 0,
+           "ttft_p50": 0.1, "ttft_p95": 0.14, "ttft_max": 0.15, "slowest_over_solo": 1.1,
+           "gap_p50": 0.055, "gap_p95": 0.08, "health_p50": 0.002, "health_p99": 0.012, "pss": 300000,
+           "rss": 900000, "sockets_peak": 390, "wall": 4.0, "loop_lag_max": 0.01, "loop_lag_p99": 0.005,
+           "client_cpu": 0.5, "cpu_http": 1.2, "cpu_arbiter": 0.5, "cpu_dirty": 1.0, "cpu_master": 0.0}
+    burst = {**run, "streams": 128, "complete": 120, "refused": 8}
+    config = {"dirty_workers": 32, "label": "32 (shipped)", "shipped": True,
+              "idle_after_warm_up": {"sockets": 296}, "solo": {"ttft": 0.06, "duration": 3.4},
+              "together": run, "health": {**run, "streams": 64}, "burst": burst,
+              "sockets": {"requests": 1000, "concurrency": 64, "outcomes": {"complete": 500, "dropped": 500},
+                          "idle": 296, "peak": 400, "after": 296, "sockets_leaked": 0,
+                          "seconds_to_idle": 0.1}}
+    drop = {"samples": 15, "idle_ttft": 0.06, "after_drop_ttft": 0.12, "after_drop_max": 0.2}
+    meta = {"date": "2026-01-01T00:00:00+00:00", "cores": 2, "python": "3.11.7", "gunicorn": "27.0.1",
+            "step": "05_browser_ui", "shipped_dirty_workers": 32, "prompt": "explain", "client": "raw",
+            "repeat": 3, "together": 32, "burst_factor": 4, "seconds": 500, "command": "make bench"}
+    configs = [config, {**config, "dirty_workers": 1, "label": "1", "shipped": False, "drop": drop}]
+    return {"meta": meta, "configs": configs, "drop": drop, "targets": bench.evaluate_targets(configs)}
+
+
+def test_targets_are_judged_from_the_shipped_config():
+    verdicts = {row["key"]: row["met"] for row in synthetic_results()["targets"]}
+    assert verdicts == {"ttft_p95": True, "slowest_over_solo": True, "pss": True, "health_p99": False,
+                        "after_drop_ttft": True, "sockets_leaked": True, "burst_cut_off": True}
+    # Nothing measured is "not measured", not a pass.
+    assert {row["met"] for row in bench.evaluate_targets([])} == {None}
+
+
+def test_the_table_says_how_it_was_made_and_what_it_found():
+    table = bench.render_markdown(synthetic_results())
+    first = table.splitlines()[0]
+    for fact in ("2026-01-01", "2 cores", "Python 3.11.7", "gunicorn 27.0.1", "`make bench`"):
+        assert fact in first
+    assert "| /health p99 while 64 streams run | ≤ 10 ms | 12 ms | **no** |" in table
+    assert "| 32 (shipped) | 32/32 | 0 | 100 ms | 140 ms | 150 ms | 1.10× |" in table
+    assert "| 32 (shipped) | 128 | 120 | 8 | 0 | 0 | 0 |" in table
+
+
+def test_a_tiny_run_end_to_end(tmp_path):
+    step_dir = bench.final_step()
+    opts = bench.Options(step_dir=step_dir, configs=[2], default_workers=2, repeat=1, together=2,
+                         scenarios=frozenset({"together"}), prompt="hello", out_dir=tmp_path)
+    results = bench.rounded(asyncio.run(bench.run_bench(opts, log=lambda line: None)))
+    bench.write_outputs(results, tmp_path)
+    together = results["configs"][0]["together"]
+    assert together["complete"] == together["streams"] == 2
+    assert together["cut_off"] == 0
+    assert 0 < together["ttft_p50"] < together["slowest"]
+    assert together["health_samples"] > 0 and together["pss"] > 0
+    assert {"cpu_http", "cpu_arbiter", "cpu_dirty", "loop_lag_max"} <= together.keys()
+    assert json.loads((tmp_path / "results.json").read_text())["meta"]["step"] == step_dir.name
+    assert "2 chats started together" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "ttft_by_workers.png").stat().st_size > 0
+    assert (tmp_path / "burst.png").stat().st_size > 0
