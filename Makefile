@@ -51,6 +51,31 @@ lint: $(READY) ## check style with ruff
 clean: ## remove the environment and test outputs
 	rm -rf $(VENV) test-output site .coverage .coverage.* htmlcov
 
+# --- the tutorial site and the workshop kit ---
+.PHONY: docs docs-outputs doctor wheelhouse offline-venv
+DOCS_PORT ?= 8001
+REQUIREMENTS ?= requirements.txt
+WHEELHOUSE ?= wheelhouse
+
+docs: $(READY) ## serve the tutorial site with live reload on http://127.0.0.1:8001
+	$(BIN)/mkdocs serve -a 127.0.0.1:$(DOCS_PORT)
+
+docs-outputs: $(READY) ## run the pages' commands and write the outputs they show (docs/generated/outputs)
+	$(BIN)/python tools/docs_outputs.py
+
+doctor: ## check this machine is ready for the workshop (runs before the environment exists)
+	@$(PYTHON) tools/doctor.py --port $(PORT)
+
+wheelhouse: ## download every wheel of the lock file into wheelhouse/, for installs without internet
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m pip download --quiet -r $(REQUIREMENTS) -d $(WHEELHOUSE)
+
+offline-venv: ## create the environment from wheelhouse/ only, without internet
+	@test -d $(WHEELHOUSE) || { echo "no $(WHEELHOUSE)/ here: copy it from the instructor, or run make wheelhouse with internet"; exit 2; }
+	@$(PYTHON) tools/check_python.py
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --no-index --find-links $(WHEELHOUSE) -r $(REQUIREMENTS)
+	@touch $(VENV)/.ready
+
 .PHONY: notebooks
 notebooks: $(READY) ## open notebooks/ in Jupyter Lab, on this environment's kernel (CHAT_URL=... to use your server)
 	$(BIN)/jupyter lab --notebook-dir=notebooks

@@ -1,0 +1,194 @@
+"""Step 05: a chat page in the browser, served by the same app at GET /."""
+
+from pathlib import Path
+from typing import Annotated
+
+from capacity import Busy, Capacity, Place
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.staticfiles import StaticFiles
+from gunicorn.dirty import DirtyClient, DirtyError, DirtyTimeoutError
+from gunicorn.dirty.client import get_dirty_socket_path
+from gunicorn_conf import dirty_workers
+from pydantic import BaseModel, Field, StrictBool, field_validator
+from starlette.datastructures import Headers
+
+MAX_PROMPT_CHARS = 4000
+MAX_BODY_BYTES = 64 * 1024
+# The dirty app to call, as named in gunicorn_conf.dirty_apps.
+CHAT_APP = "chat_app:ChatApp"
+# The chat page's files, found next to this module from any working directory.
+STATIC_DIR = Path(__file__).parent / "static"
+
+# The deadlines, set together from the longest answer (about 7 s, and 2.5 s
+# more of thinking):
+# - a whole answer may take ANSWER_TIMEOUT once it has a dirty worker;
+# - a request waits in line at most MAX_WAIT, with WAITING_PER_WORKER
+#   requests per dirty worker at most, and hears where it stands every
+#   WAIT_UPDATE seconds; gunicorn_conf.dirty_timeout bounds a gap between tokens.
+ANSWER_TIMEOUT = 30.0
+MAX_WAIT = 30.0
+WAITING_PER_WORKER = 4
+WAIT_UPDATE = 5.0
+# What a refused client is told: by then a long answer has finished.
+RETRY_AFTER = 10
+
+
+class ChatRequest(BaseModel):
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    # Strict, so that "yes" or 1 is an error rather than a silent True.
+    thinking: StrictBool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def prompt_is_not_blank(cls, prompt: str) -> str:
+        if not prompt.strip():
+            raise ValueError("prompt must not be blank")
+        return prompt
+
+
+class ChatResponse(BaseModel):
+    response: str
+
+
+class LimitBodySize:
+    """Refuse a body that announces itself as too large, before reading it.
+
+    The routes' own ``max_body_size`` still guards bodies sent without a
+    Content-Length; this middleware makes the usual case answer in JSON.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            length = Headers(scope=scope).get("content-length")
+            if length is not None and int(length) > self.max_bytes:
+                # The unread body is still on its way: close the connection
+                # after answering, and say so, so the client does not reuse it.
+                response = JSONResponse(
+                    {"detail": f"request body is larger than {self.max_bytes} bytes"},
+                    status_code=413,
+                    headers={"Connection": "close"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+app = FastAPI(title="Dirty chat")
+app.add_middleware(LimitBodySize, max_bytes=MAX_BODY_BYTES)
+capacity = Capacity(dirty_workers, WAITING_PER_WORKER * dirty_workers, RETRY_AFTER)
+
+
+@app.exception_handler(RequestValidationError)
+async def validation_error(request: Request, exc: RequestValidationError):
+    # Say what was wrong and where, without echoing the (maybe huge) input.
+    errors = [{key: error[key] for key in ("type", "loc", "msg")} for error in exc.errors()]
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
+@app.exception_handler(DirtyError)
+async def dirty_error(request: Request, exc: DirtyError):
+    # A failure on the dirty side is the model being unavailable, not a bug here.
+    if isinstance(exc, DirtyTimeoutError):
+        return JSONResponse({"detail": f"the model took too long: {exc}"}, status_code=504)
+    return JSONResponse({"detail": f"the model is unavailable: {exc}"}, status_code=503)
+
+
+@app.exception_handler(Busy)
+async def busy(request: Request, exc: Busy):
+    return JSONResponse(
+        {"detail": f"the model is busy: {exc}"},
+        status_code=503,
+        headers={"Retry-After": str(exc.retry_after)},
+    )
+
+
+async def require_json(request: Request) -> None:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise HTTPException(415, "Content-Type must be application/json")
+
+
+@app.get("/health")
+async def health():
+    return {"status": "ok"}
+
+
+async def place_in_line():
+    """Join the line for a dirty worker, or answer 503 before any stream starts."""
+    place = capacity.join()
+    try:
+        yield place
+    finally:
+        place.leave()
+
+
+Line = Annotated[Place, Depends(place_in_line)]
+
+
+def dirty_client() -> DirtyClient:
+    # One client per request, closed on the way out: the shared client of
+    # get_dirty_client_async() would leave a socket open after every request,
+    # and could hand this stream the leftovers of another.
+    return DirtyClient(get_dirty_socket_path(), timeout=ANSWER_TIMEOUT)
+
+
+def error_event(exc: Exception) -> dict:
+    if isinstance(exc, Busy):
+        kind = "busy"
+    elif isinstance(exc, DirtyTimeoutError):
+        kind = "timeout"
+    else:
+        kind = "model_error"
+    return {"error": {"message": str(exc), "type": kind}}
+
+
+@app.post(
+    "/chat/sync",
+    response_model=ChatResponse,
+    dependencies=[Depends(require_json)],
+    max_body_size=MAX_BODY_BYTES,
+)
+async def chat_sync(request: ChatRequest, place: Line):
+    await place.wait_turn(MAX_WAIT)
+    async with dirty_client() as client:
+        events = client.stream_async(CHAT_APP, "stream", request.prompt, request.thinking)
+        tokens = [event["token"] async for event in events]
+    return ChatResponse(response="".join(tokens))
+
+
+@app.post(
+    "/chat",
+    response_class=EventSourceResponse,
+    dependencies=[Depends(require_json)],
+    max_body_size=MAX_BODY_BYTES,
+)
+async def chat(request: ChatRequest, place: Line):
+    try:
+        # Tell a waiting client where it stands, rather than leave it staring.
+        async for position in place.turn(WAIT_UPDATE, MAX_WAIT):
+            yield {"token": "", "waiting": position}
+        async with dirty_client() as client:
+            # Each event says its phase, so a client can show thinking apart.
+            async for event in client.stream_async(CHAT_APP, "stream", request.prompt, request.thinking):
+                yield event
+    except (DirtyError, Busy) as exc:
+        # The stream has started, so a failure can only be told in the stream.
+        yield error_event(exc)
+    yield ServerSentEvent(raw_data="[DONE]")
+
+
+# The chat page is plain files (no build step): the HTML at /, the rest at /static.
+app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
+@app.get("/", include_in_schema=False)
+async def index():
+    return FileResponse(STATIC_DIR / "index.html")
