@@ -1,0 +1,287 @@
+"""The tutorial site builds strictly, and what it shows comes from the code.
+
+`mkdocs build --strict` fails on any broken link, anchor, nav entry or missing
+snippet. The hooks that generate parts of the pages are tested here on
+throw-away step folders, so that we see them follow an edit.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.server import ROOT, step_dirs
+from tools.docs_commands import all_pages, extract, sources
+
+DOCS = ROOT / "docs"
+
+
+def load_hook(name: str):
+    spec = importlib.util.spec_from_file_location(f"docs_hook_{name}", DOCS / "hooks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+what_changed = load_hook("what_changed")
+generated = load_hook("generated")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The site, built once for this module with --strict."""
+    out = tmp_path_factory.mktemp("site")
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
+    return out
+
+
+def test_the_site_builds_strictly(site):
+    assert (site / "index.html").is_file()
+    for folder in step_dirs():
+        page = site / what_changed.page_path(folder).removesuffix(".md") / "index.html"
+        assert page.is_file(), folder.name
+
+
+def test_step_pages_show_the_real_files(site):
+    for folder in step_dirs():
+        page = (site / what_changed.page_path(folder).removesuffix(".md") / "index.html").read_text()
+        text = html.unescape(re.sub(r"<[^>]+>", "", page))
+        for path in folder.glob("*.py"):
+            # The file's first and last lines, as the file has them today.
+            lines = [line for line in path.read_text().splitlines() if line.strip()]
+            assert lines[0] in text and lines[-1] in text, path
+
+
+def test_every_step_page_has_its_generated_sections():
+    for folder in step_dirs():
+        page = DOCS / what_changed.page_path(folder)
+        if not page.is_file():
+            continue  # the hook generates a page for it; see test_a_step_without_a_page_gets_one
+        text = page.read_text()
+        number = folder.name[:2]
+        assert f"<!-- what-changed {number} -->" in text, page
+        assert f"<!-- step-code {number} -->" in text, page
+
+
+def test_a_step_without_a_page_gets_one(tmp_path):
+    folder = tmp_path / "07_new_step"
+    folder.mkdir()
+    text = what_changed.missing_page(folder)
+    assert text.startswith("# Step 07: New step")
+    assert "<!-- what-changed 07 -->" in text and "<!-- step-code 07 -->" in text
+
+
+# --- what changed -----------------------------------------------------------------
+
+
+@pytest.fixture
+def two_steps(tmp_path):
+    """Copies of steps 01 and 02, to edit."""
+    old, new = step_dirs()[:2]
+    copies = tmp_path / "steps"
+    shutil.copytree(old, copies / old.name)
+    shutil.copytree(new, copies / new.name)
+    return copies / old.name, copies / new.name
+
+
+def test_what_changed_follows_an_edit(two_steps):
+    old, new = two_steps
+    before = what_changed.what_changed(old, new)
+    line = "# a line that only this test wrote"
+    path = new / "main.py"
+    path.write_text(path.read_text() + line + "\n")
+    after = what_changed.what_changed(old, new)
+    assert line not in before
+    assert f"+{line}" in after
+    assert "```diff" in after or "````diff" in after
+
+
+def test_what_changed_lists_added_removed_and_binary_files(two_steps):
+    old, new = two_steps
+    (new / "extra.py").write_text("ANSWER = 42\n")
+    (new / "chat_app.py").unlink()
+    (new / "static").mkdir()
+    (new / "static" / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0binary")
+    (new / "static" / "app.js").write_text("console.log('hi');\n")
+    (new / "__pycache__").mkdir(exist_ok=True)
+    (new / "__pycache__" / "main.cpython-311.pyc").write_bytes(b"\0compiled")
+    text = what_changed.what_changed(old, new)
+    assert "| `extra.py` | added (1 lines) |" in text
+    assert "+ANSWER = 42" in text
+    assert re.search(r"\| `chat_app.py` \| removed \(\d+ lines\) \|", text)
+    assert "| `static/logo.png` | added (binary file, not shown) |" in text
+    assert "+console.log('hi');" in text
+    assert "__pycache__" not in text and "README.md" not in text
+
+
+def test_what_changed_of_the_first_step_lists_its_files():
+    first = step_dirs()[0]
+    text = what_changed.what_changed(None, first)
+    assert "first step" in text and "`main.py`" in text
+
+
+def test_step_code_includes_every_text_file(two_steps, tmp_path):
+    _, new = two_steps
+    (new / "static").mkdir()
+    (new / "static" / "index.html").write_text("<p>hi</p>\n")
+    (new / "static" / "logo.png").write_bytes(b"\x89PNG\0")
+    text = what_changed.step_code(new, root=tmp_path)
+    for name in ("main.py", "chat_app.py", "gunicorn_conf.py", "static/index.html"):
+        assert f'--8<-- "steps/{new.name}/{name}"' in text, name
+    assert "logo.png" not in text and "README.md" not in text
+
+
+# --- settings, screenshots, benchmark, notebooks ------------------------------------
+
+
+def test_every_gunicorn_setting_of_the_steps_is_documented():
+    page = (DOCS / generated.SETTINGS_PAGE).read_text()
+    assert "<!-- settings-table -->" in page
+    assert generated.settings_problems(page, generated.step_settings()) == []
+
+
+def test_an_undocumented_setting_is_reported(tmp_path):
+    folder = tmp_path / "01_x"
+    folder.mkdir()
+    (folder / "gunicorn_conf.py").write_text('import os\nbind = "127.0.0.1:8000"\nkeepalive = 5\n'
+                                             'dirty_workers = int(os.environ.get("DIRTY_WORKERS", "2"))\n')
+    settings = generated.step_settings(tmp_path)
+    assert settings == {"01_x": {"bind": "`'127.0.0.1:8000'`", "keepalive": "`5`",
+                                 "dirty_workers": "`2` (env `DIRTY_WORKERS`)"}}
+    page = "### `bind` { #bind }\n\n### `dirty_workers` { #dirty_workers }\n\n### `backlog` { #backlog }\n"
+    problems = generated.settings_problems(page, settings)
+    assert any("`keepalive`" in p and "no '### `keepalive`" in p for p in problems), problems
+    assert any("`backlog`" in p and "no step" in p for p in problems), problems
+    assert len(problems) == 2
+
+
+def test_the_settings_table_reads_the_files(site):
+    html = (site / "concepts" / "configuration" / "index.html").read_text()
+    for settings in generated.step_settings().values():
+        for name in settings:
+            assert f'href="#{name}"' in html, name
+
+
+def test_the_screenshot_is_shown_once_it_exists(tmp_path):
+    missing = generated.screenshot("index.md", "chat-ui.png", "The chat", folder=tmp_path)
+    assert "make screenshots" in missing and "![" not in missing
+    (tmp_path / "chat-ui.png").write_bytes(b"\x89PNG")
+    assert generated.screenshot("index.md", "chat-ui.png", "The chat", folder=tmp_path) == \
+        "![The chat](assets/generated/chat-ui.png)"
+    assert generated.screenshot("steps/05-x.md", "chat-ui.png", "The chat", folder=tmp_path) == \
+        "![The chat](../assets/generated/chat-ui.png)"
+
+
+def test_the_benchmark_table_is_included_once_it_exists(tmp_path):
+    table = tmp_path / "docs" / "generated" / "bench" / "table.md"
+    assert "No measurements yet" in generated.bench_table(table, root=tmp_path)
+    table.parent.mkdir(parents=True)
+    table.write_text("| a |\n|---|\n| 1 |\n")
+    assert generated.bench_table(table, root=tmp_path) == '--8<-- "docs/generated/bench/table.md"\n'
+
+
+def test_the_notebooks_page_works_with_and_without_notebooks(tmp_path, monkeypatch):
+    monkeypatch.setattr(generated, "NOTEBOOKS", tmp_path / "notebooks")
+    assert "No notebooks yet" in generated.notebook_list("going-further/notebooks.md")
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "01_x.ipynb").write_text(
+        '{"cells": [{"cell_type": "markdown", "source": ["# Step 01: hello\\n"]}]}')
+    listed = generated.notebook_list("going-further/notebooks.md")
+    assert listed == "- [Step 01: hello](../notebooks/01_x.ipynb)\n"
+
+
+def test_the_notebooks_are_pages_of_the_site(site):
+    for notebook in generated.notebooks():
+        assert (site / "notebooks" / notebook.stem / "index.html").is_file(), notebook.name
+
+
+# --- what the pages may contain ----------------------------------------------------
+
+
+IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)|<img[^>]+src=\"([^\"]+)\"")
+
+
+def test_pictures_are_generated_screenshots_only():
+    for page in DOCS.rglob("*.md"):
+        for match in IMAGE.finditer(page.read_text()):
+            target = match.group(1) or match.group(2)
+            assert "assets/generated/" in target, f"{page}: {target} is not a generated screenshot"
+    kinds = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"}
+    images = [p for p in DOCS.rglob("*") if p.suffix.lower() in kinds]
+    assert all(DOCS / "assets" / "generated" in p.parents for p in images), images
+
+
+FENCED = re.compile(
+    r"^(?P<indent>[ \t]*)(?P<fence>`{3,})(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$",
+    re.MULTILINE | re.DOTALL,
+)
+
+
+def _windows(lines: list[str], size: int = 3) -> set[tuple[str, ...]]:
+    kept = [line.strip() for line in lines if line.strip()]
+    return {tuple(kept[i:i + size]) for i in range(len(kept) - size + 1)}
+
+
+def test_no_step_code_is_pasted_into_a_page():
+    # Code from a step is included from the file (snippets); a pasted copy would drift.
+    step_windows = set()
+    for path in ROOT.glob("steps/*/*"):
+        if path.suffix in {".py", ".js", ".html", ".css"}:
+            step_windows |= _windows(path.read_text().splitlines())
+    for page in DOCS.rglob("*.md"):
+        for block in FENCED.finditer(page.read_text()):
+            if block["info"].strip().startswith(("console", "mermaid")) or "--8<--" in block["body"]:
+                continue
+            pasted = _windows(block["body"].splitlines()) & step_windows
+            assert not pasted, f"{page}: a block repeats a step's code; include the file instead: {pasted}"
+
+
+def test_console_blocks_hold_only_commands_and_generated_outputs():
+    problems = [problem for page in all_pages() for problem in page.problems]
+    assert problems == []
+    assert sum(len(page.commands) for page in all_pages()) > 40
+
+
+def test_a_typed_output_breaks_the_convention(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        '---\nserver_step: "03"\n---\n\n```console\n$ curl -sS --fail --max-time 5 http://127.0.0.1:8000/health\n'
+        '{"status":"ok"}\n```\n\n```console\n$ curl -s http://127.0.0.1:8000/health\n```\n')
+    found = extract(page, root=tmp_path)
+    assert [c.text.split()[-1] for c in found.commands] == ["http://127.0.0.1:8000/health"] * 2
+    assert any("holds only `$ command` lines" in p for p in found.problems), found.problems
+    assert any("needs -sS and --max-time" in p for p in found.problems), found.problems
+
+
+INLINE_CODE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
+LOOKS_LIKE_A_COMMAND = re.compile(r"^(?:[A-Z_]+=\S+ )*(?:make|curl|cd|\.\./\.\./\.venv/bin/gunicorn) \S")
+
+
+# Mentioned, never run by the suite, and why.
+NOT_RUN = {
+    "make notebooks": "it opens Jupyter Lab for a person; tests/test_notebooks.py runs the notebooks",
+}
+
+
+def test_commands_written_in_the_text_are_run_somewhere():
+    # A command mentioned in a sentence must also stand in a console block,
+    # which the suite runs; "make run STEP=NN" style placeholders are exempt.
+    run = {command.text for page in all_pages() for command in page.commands} | set(NOT_RUN)
+    for path in sources():
+        text = FENCED.sub("", path.read_text())
+        for code in INLINE_CODE.findall(text):
+            if LOOKS_LIKE_A_COMMAND.match(code) and "NN" not in code and code not in run:
+                pytest.fail(f"{path.relative_to(ROOT)}: `{code}` is not run by any console block")
