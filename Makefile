@@ -48,6 +48,10 @@ diff: ## show what a step changed since the one before: make diff STEP=02
 lint: $(READY) ## check style with ruff
 	$(BIN)/ruff check steps tests harness tools
 
+.PHONY: screenshots
+screenshots: $(READY) ## regenerate the UI pictures of the docs
+	$(BIN)/python tools/screenshot.py
+
 clean: ## remove the environment and test outputs
 	rm -rf $(VENV) test-output site .coverage .coverage.* htmlcov
 
