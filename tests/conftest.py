@@ -187,3 +187,38 @@ def step_module(step, monkeypatch):
 @pytest.fixture
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
+
+
+# Browser tests (step 05 on) drive Debian's chromium through Playwright.
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the session; without one, skip (but fail in CI)."""
+    from playwright.sync_api import sync_playwright
+
+    from tools.screenshot import CHROMIUM, launch_chromium
+
+    if not Path(CHROMIUM).is_file():
+        message = f"no Chromium at {CHROMIUM}: install Debian's chromium package to run browser tests"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    playwright = sync_playwright().start()
+    chromium = launch_chromium(playwright)
+    yield chromium
+    chromium.close()
+    playwright.stop()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh tab with its own storage; an uncaught error in the page fails the test."""
+    context = browser.new_context(viewport={"width": 1000, "height": 800})
+    tab = context.new_page()
+    tab.set_default_timeout(30_000)
+    errors = []
+    tab.on("pageerror", lambda error: errors.append(error))
+    yield tab
+    context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
