@@ -1,0 +1,72 @@
+"""Gunicorn settings for step 06. Run with: gunicorn -c gunicorn_conf.py main:app"""
+
+import os
+import shutil
+import tempfile
+
+bind = "127.0.0.1:8000"
+# Gunicorn's native ASGI worker serves FastAPI directly.
+worker_class = "asgi"
+# One HTTP worker, as in step 01: it no longer blocks, so it is enough.
+workers = 1
+# The model runs in dirty workers: each loads it once and answers one
+# request at a time, so this is how many answers can stream at once.
+# main.py reads it too: change it with DIRTY_WORKERS=8, not --dirty-workers.
+dirty_apps = ["chat_app:ChatApp"]
+# 32 streams at once for a workshop room: fine for this light model; a real one costs memory per worker.
+dirty_workers = int(os.environ.get("DIRTY_WORKERS", "32"))
+# Longest silence allowed between two tokens before the arbiter gives up on
+# a dirty worker (a normal gap is well under a second).
+dirty_timeout = 10
+# When a client hangs up, cancel its request at once: that closes the dirty
+# client, and the dirty worker stops generating instead of finishing for nobody.
+asgi_disconnect_grace_period = 0
+# Gunicorn 27 opens a control socket in ~/.gunicorn by default; two servers
+# on one machine would fight over it, and this tutorial does not need it.
+control_socket_disable = True
+# Gunicorn 27 also keeps the dirty arbiter's pid in a file named after the
+# process name, and a server that starts kills the arbiter that file names:
+# a name of its own lets two steps run side by side.
+proc_name = "dirty-chat-06"
+accesslog = "-"
+# The request id of every answer, in the access log too.
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss request_id=%({x-request-id}o)s'
+
+# One JSON object per log line, for log collectors; the request id and other
+# `extra` fields of a log call become keys of their own.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "process": "pid"},
+        }
+    },
+    "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
+    "root": {"handlers": ["stdout"], "level": "WARNING"},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+        "gunicorn.access": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+    },
+}
+
+# prometheus_client's multiprocess mode: every worker writes its samples in
+# this directory, which must be empty when the server starts. Unless one is
+# given, a fresh one is made here and removed on exit.
+OWN_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if OWN_METRICS_DIR:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chat-metrics-")
+
+
+def child_exit(server, worker):
+    # A worker that is gone no longer counts in the live gauges.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if OWN_METRICS_DIR:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -1,0 +1,301 @@
+"""Step 06: production. API keys, rate limits, metrics, request ids in the logs
+and an OpenAI-compatible endpoint, on top of the chat page of step 05."""
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+from capacity import Busy, Capacity, Place
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent, format_sse_event
+from fastapi.staticfiles import StaticFiles
+from gunicorn.dirty import DirtyClient, DirtyError, DirtyTimeoutError
+from gunicorn.dirty.client import get_dirty_socket_path
+from gunicorn_conf import dirty_workers
+from metrics import (
+    DIRTY_ERRORS,
+    STREAM_DURATION,
+    STREAMS_IN_FLIGHT,
+    TIME_TO_FIRST_TOKEN,
+    TOKENS,
+    CountRequests,
+    render_metrics,
+)
+from openai_format import Completion, CompletionRequest
+from pydantic import BaseModel, Field, StrictBool, field_validator
+from security import rate_limit
+from starlette.datastructures import Headers
+
+log = logging.getLogger("gunicorn.error")
+
+MAX_PROMPT_CHARS = 4000
+MAX_BODY_BYTES = 64 * 1024
+# The dirty app to call, as named in gunicorn_conf.dirty_apps.
+CHAT_APP = "chat_app:ChatApp"
+# The chat page's files, found next to this module from any working directory.
+STATIC_DIR = Path(__file__).parent / "static"
+
+# The deadlines, set together from the longest answer (about 7 s, and 2.5 s
+# more of thinking):
+# - a whole answer may take ANSWER_TIMEOUT once it has a dirty worker;
+# - a request waits in line at most MAX_WAIT, with WAITING_PER_WORKER
+#   requests per dirty worker at most, and hears where it stands every
+#   WAIT_UPDATE seconds; gunicorn_conf.dirty_timeout bounds a gap between tokens.
+ANSWER_TIMEOUT = 30.0
+MAX_WAIT = 30.0
+WAITING_PER_WORKER = 4
+WAIT_UPDATE = 5.0
+# What a refused client is told: by then a long answer has finished.
+RETRY_AFTER = 10
+
+
+class ChatRequest(BaseModel):
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    # Strict, so that "yes" or 1 is an error rather than a silent True.
+    thinking: StrictBool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def prompt_is_not_blank(cls, prompt: str) -> str:
+        if not prompt.strip():
+            raise ValueError("prompt must not be blank")
+        return prompt
+
+
+class ChatResponse(BaseModel):
+    response: str
+
+
+class LimitBodySize:
+    """Refuse a body that announces itself as too large, before reading it.
+
+    The routes' own ``max_body_size`` still guards bodies sent without a
+    Content-Length; this middleware makes the usual case answer in JSON.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            length = Headers(scope=scope).get("content-length")
+            if length is not None and int(length) > self.max_bytes:
+                # The unread body is still on its way: close the connection
+                # after answering, and say so, so the client does not reuse it.
+                response = JSONResponse(
+                    {"detail": f"request body is larger than {self.max_bytes} bytes"},
+                    status_code=413,
+                    headers={"Connection": "close"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+app = FastAPI(title="Dirty chat")
+app.add_middleware(LimitBodySize, max_bytes=MAX_BODY_BYTES)
+app.add_middleware(CountRequests)
+capacity = Capacity(dirty_workers, WAITING_PER_WORKER * dirty_workers, RETRY_AFTER)
+
+
+@app.exception_handler(RequestValidationError)
+async def validation_error(request: Request, exc: RequestValidationError):
+    # Say what was wrong and where, without echoing the (maybe huge) input.
+    errors = [{key: error[key] for key in ("type", "loc", "msg")} for error in exc.errors()]
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
+@app.exception_handler(DirtyError)
+async def dirty_error(request: Request, exc: DirtyError):
+    # A failure on the dirty side is the model being unavailable, not a bug here.
+    if isinstance(exc, DirtyTimeoutError):
+        return JSONResponse({"detail": f"the model took too long: {exc}"}, status_code=504)
+    return JSONResponse({"detail": f"the model is unavailable: {exc}"}, status_code=503)
+
+
+@app.exception_handler(Busy)
+async def busy(request: Request, exc: Busy):
+    return JSONResponse(
+        {"detail": f"the model is busy: {exc}"},
+        status_code=503,
+        headers={"Retry-After": str(exc.retry_after)},
+    )
+
+
+async def require_json(request: Request) -> None:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise HTTPException(415, "Content-Type must be application/json")
+
+
+@app.get("/health")
+async def health():
+    return {"status": "ok"}
+
+
+@app.get("/metrics")
+async def metrics():
+    # Open like /health: keep it on an internal network, or behind the proxy.
+    return Response(render_metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def request_id(response: Response, x_request_id: Annotated[str | None, Header()] = None) -> str:
+    """The caller's X-Request-ID if it is sane (a proxy may set one), else a new
+    one; it goes back in the response and into every log line of the request."""
+    rid = x_request_id if x_request_id and REQUEST_ID.fullmatch(x_request_id) else uuid.uuid4().hex[:16]
+    response.headers["X-Request-ID"] = rid
+    return rid
+
+
+RequestId = Annotated[str, Depends(request_id)]
+
+
+async def place_in_line():
+    """Join the line for a dirty worker, or answer 503 before any stream starts."""
+    place = capacity.join()
+    try:
+        yield place
+    finally:
+        place.leave()
+
+
+Line = Annotated[Place, Depends(place_in_line)]
+
+
+def dirty_client() -> DirtyClient:
+    # One client per request, closed on the way out: the shared client of
+    # get_dirty_client_async() would leave a socket open after every request,
+    # and could hand this stream the leftovers of another.
+    return DirtyClient(get_dirty_socket_path(), timeout=ANSWER_TIMEOUT)
+
+
+def error_event(exc: Exception) -> dict:
+    if isinstance(exc, Busy):
+        kind = "busy"
+    elif isinstance(exc, DirtyTimeoutError):
+        kind = "timeout"
+    else:
+        kind = "model_error"
+    return {"error": {"message": str(exc), "type": kind}}
+
+
+async def model_events(prompt: str, thinking: bool, rid: str, started: float) -> AsyncIterator[dict]:
+    """The model's events for one request, counted for /metrics and logged."""
+    log.info("answer started", extra={"request_id": rid})
+    tokens = 0
+    STREAMS_IN_FLIGHT.inc()
+    try:
+        async with dirty_client() as client:
+            # The request id travels to the dirty worker, which logs it too.
+            async for event in client.stream_async(CHAT_APP, "stream", prompt, thinking, rid):
+                if tokens == 0:
+                    TIME_TO_FIRST_TOKEN.observe(time.monotonic() - started)
+                tokens += 1
+                TOKENS.inc()
+                yield event
+    except DirtyError as exc:
+        DIRTY_ERRORS.labels(error_event(exc)["error"]["type"]).inc()
+        raise
+    finally:
+        STREAMS_IN_FLIGHT.dec()
+        STREAM_DURATION.observe(time.monotonic() - started)
+        log.info("answer ended", extra={"request_id": rid, "tokens": tokens})
+
+
+# Who may call, and how often: checked before anything else is done.
+PROTECTED = [Depends(rate_limit), Depends(require_json)]
+
+
+@app.post(
+    "/chat/sync",
+    response_model=ChatResponse,
+    dependencies=PROTECTED,
+    max_body_size=MAX_BODY_BYTES,
+)
+async def chat_sync(request: ChatRequest, place: Line, rid: RequestId):
+    started = time.monotonic()
+    await place.wait_turn(MAX_WAIT)
+    events = model_events(request.prompt, request.thinking, rid, started)
+    tokens = [event["token"] async for event in events]
+    return ChatResponse(response="".join(tokens))
+
+
+@app.post(
+    "/chat",
+    response_class=EventSourceResponse,
+    dependencies=PROTECTED,
+    max_body_size=MAX_BODY_BYTES,
+)
+async def chat(request: ChatRequest, place: Line, rid: RequestId):
+    started = time.monotonic()
+    try:
+        # Tell a waiting client where it stands, rather than leave it staring.
+        async for position in place.turn(WAIT_UPDATE, MAX_WAIT):
+            yield {"token": "", "waiting": position}
+        # Each event says its phase, so a client can show thinking apart.
+        async for event in model_events(request.prompt, request.thinking, rid, started):
+            yield event
+    except (DirtyError, Busy) as exc:
+        # The stream has started, so a failure can only be told in the stream.
+        yield error_event(exc)
+    yield ServerSentEvent(raw_data="[DONE]")
+
+
+# The chat page is plain files (no build step): the HTML at /, the rest at /static.
+app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
+@app.get("/", include_in_schema=False)
+async def index():
+    return FileResponse(STATIC_DIR / "index.html")
+
+
+@app.post("/v1/chat/completions", dependencies=PROTECTED, max_body_size=MAX_BODY_BYTES)
+async def chat_completions(body: CompletionRequest, place: Line, rid: RequestId):
+    """The same model behind OpenAI's chat-completions format, so that the
+    official clients (and the tools built on them) can talk to it."""
+    started = time.monotonic()
+    completion = Completion(body.model)
+    if not body.stream:
+        await place.wait_turn(MAX_WAIT)
+        tokens = [event["token"] async for event in model_events(body.prompt, False, rid, started)]
+        return completion.whole("".join(tokens), body.prompt, len(tokens))
+    return StreamingResponse(
+        completion_chunks(body.prompt, completion, place, rid, started),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-ID": rid},
+    )
+
+
+async def completion_chunks(prompt, completion: Completion, place: Place, rid: str, started: float):
+    """OpenAI's streaming format: chunks with a `delta`, then `data: [DONE]`.
+
+    FastAPI's SSE support frames events that a generator endpoint yields; this
+    endpoint answers JSON or a stream depending on the body, so it frames them
+    with FastAPI's own format_sse_event instead.
+    """
+
+    def event(data: dict) -> bytes:
+        return format_sse_event(data_str=json.dumps(data))
+
+    try:
+        await place.wait_turn(MAX_WAIT)
+        yield event(completion.chunk({"role": "assistant", "content": ""}))
+        async for answer_event in model_events(prompt, False, rid, started):
+            yield event(completion.chunk({"content": answer_event["token"]}))
+        yield event(completion.chunk({}, finish_reason="stop"))
+    except (DirtyError, Busy) as exc:
+        yield event(error_event(exc))
+    yield format_sse_event(data_str="[DONE]")
