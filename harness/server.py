@@ -17,6 +17,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS_DIR = ROOT / "steps"
+# Step 06 wants an API key and, without CHAT_API_KEY set, takes this
+# development key. Clients of the tests, notebooks and benchmarks send it
+# to every step; the steps before 06 ignore the header.
+DEV_KEY = "dev-key"
+AUTH = {"Authorization": f"Bearer {DEV_KEY}"}
 # What gunicorn logs when a dirty worker has loaded its apps and can serve.
 DIRTY_READY = r"Dirty worker \d+ listening"
 

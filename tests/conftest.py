@@ -17,9 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness.server import ROOT, LiveServer, find_step, start_server, step_dirs
+from harness.server import AUTH, DEV_KEY, ROOT, LiveServer, find_step, start_server, step_dirs
 
 FAULT_CONF = ROOT / "tests" / "fault_conf.py"
+# Step 06 limits requests per key; the suite sends many, so the shared servers
+# get a limit they never reach (the rate-limit test sets its own).
+TEST_ENV = {"CHAT_RATE_LIMIT": "100000/minute"}
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,8 @@ class ServerPool:
             server = self.shared[key] = self.start(step, **options)
         return server
 
-    def start(self, step: Step, **options) -> LiveServer:
-        server = start_server(step.path, log_dir=self.log_dir, **options)
+    def start(self, step: Step, *, env: dict | None = None, **options) -> LiveServer:
+        server = start_server(step.path, log_dir=self.log_dir, env={**TEST_ENV, **(env or {})}, **options)
         self.owned.append(server)
         return server
 
@@ -165,7 +168,7 @@ def start_faulty(start):
 
 @pytest.fixture
 def client(server):
-    with httpx.Client(base_url=server.base_url, timeout=60) as http:
+    with httpx.Client(base_url=server.base_url, timeout=60, headers=AUTH) as http:
         yield http
 
 
@@ -215,6 +218,11 @@ def browser():
 def page(browser):
     """A fresh tab with its own storage; an uncaught error in the page fails the test."""
     context = browser.new_context(viewport={"width": 1000, "height": 800})
+    # Step 06's page asks for an API key: fill in the development key on load.
+    context.add_init_script(
+        "addEventListener('DOMContentLoaded', () => {"
+        f" const key = document.getElementById('api-key'); if (key) key.value = '{DEV_KEY}'; }});"
+    )
     tab = context.new_page()
     tab.set_default_timeout(30_000)
     errors = []

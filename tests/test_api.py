@@ -3,6 +3,8 @@
 import httpx
 import pytest
 
+from harness.server import AUTH
+
 
 def answer_for(step_module, prompt: str) -> str:
     return step_module("chat_app").pick_answer(prompt)
@@ -92,7 +94,7 @@ def test_unknown_path_and_method(step, client):
 
 
 def test_server_survives_a_burst_of_garbage(step, server):
-    with httpx.Client(base_url=server.base_url, timeout=30) as http:
+    with httpx.Client(base_url=server.base_url, timeout=30, headers=AUTH) as http:
         for case in BAD_REQUESTS.values():
             http.post("/chat/sync", **case[0])
         assert http.get("/health").json() == {"status": "ok"}

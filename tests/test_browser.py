@@ -17,7 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from harness.server import ROOT
+from harness.server import AUTH, ROOT
 from harness.sse import stream_chat
 from tools.screenshot import take_screenshots
 
@@ -31,7 +31,7 @@ ONE_WORKER = {"env": {"DIRTY_WORKERS": "1"}, "dirty_workers": 1}
 
 
 def sync_answer(server, prompt: str, thinking: bool = False) -> str:
-    with httpx.Client(base_url=server.base_url, timeout=60) as http:
+    with httpx.Client(base_url=server.base_url, timeout=60, headers=AUTH) as http:
         response = http.post("/chat/sync", json={"prompt": prompt, "thinking": thinking})
     assert response.status_code == 200, response.text
     return response.json()["response"]
@@ -248,7 +248,7 @@ def test_a_full_server_puts_the_page_in_line(step, start, page):
     def hold_the_only_worker():
         # The response starts once the request has its place: the only worker.
         hooks = {"response": [lambda response: claimed.set()]}
-        with httpx.Client(base_url=server.base_url, timeout=60, event_hooks=hooks) as http:
+        with httpx.Client(base_url=server.base_url, timeout=60, event_hooks=hooks, headers=AUTH) as http:
             held.append(stream_chat(http, "explain", thinking=True))
 
     thread = threading.Thread(target=hold_the_only_worker)

@@ -6,7 +6,7 @@ import time
 import httpx
 import pytest
 
-from harness.server import socket_count
+from harness.server import AUTH, socket_count
 from harness.sse import stream_chat
 
 pytestmark = pytest.mark.since("03")
@@ -31,7 +31,7 @@ def first_token_time(http: httpx.Client, prompt: str = "hello") -> float:
 def test_a_client_that_stays_gets_everything(step, one_worker, step_module):
     # The other half of disconnect detection: a live client is never cut off,
     # even when it reads slowly.
-    with httpx.Client(base_url=one_worker.base_url, timeout=60) as http:
+    with httpx.Client(base_url=one_worker.base_url, timeout=60, headers=AUTH) as http:
         with http.stream("POST", "/chat", json={"prompt": "explain"}) as response:
             chunks = []
             for chunk in response.iter_raw(64):
@@ -47,7 +47,7 @@ def test_dropping_a_stream_frees_the_dirty_worker(step, one_worker, step_module)
     remaining_tokens = len(chat_app.split_tokens(chat_app.EXPLAIN)) - 3
     # Even at the shortest pause, finishing the dropped answer would take this long.
     remaining_seconds = remaining_tokens * chat_app.WORD_DELAY[0]
-    with httpx.Client(base_url=one_worker.base_url, timeout=60) as http:
+    with httpx.Client(base_url=one_worker.base_url, timeout=60, headers=AUTH) as http:
         idle = statistics.median(first_token_time(http) for _ in range(3))
         after_drop = []
         for _ in range(3):
@@ -61,7 +61,7 @@ def test_dropping_a_stream_frees_the_dirty_worker(step, one_worker, step_module)
 
 def test_sockets_return_to_their_idle_count(step, start):
     server = start(env={"DIRTY_WORKERS": "2"}, dirty_workers=2)
-    headers = {"Connection": "close"}
+    headers = {**AUTH, "Connection": "close"}
 
     def full_round(http):
         # Two answers in a row reach both dirty workers (round robin).
