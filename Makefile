@@ -87,3 +87,9 @@ notebooks: $(READY) ## open notebooks/ in Jupyter Lab, on this environment's ker
 .PHONY: bench
 bench: $(READY) ## measure capacity side by side (writes docs/generated/bench/)
 	$(BIN)/python tools/bench.py
+
+# --- soak: a few minutes of steady load, not part of make test ---
+.PHONY: soak
+
+soak: $(READY) ## keep 16 streams going on 16 dirty workers, judge memory and sockets (STEP=04, SOAK_SECONDS=180)
+	@$(BIN)/python tools/soak.py "$(STEP)"

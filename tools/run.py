@@ -29,8 +29,11 @@ def main(argv: list[str]) -> int:
         return 2
     print(f"Serving {step_dir.name} on http://127.0.0.1:{port}  (Ctrl-C stops it)", flush=True)
     os.chdir(step_dir)
-    gunicorn = ["-m", "gunicorn", "-c", "gunicorn_conf.py", "--bind", f"127.0.0.1:{port}", "main:app"]
-    os.execv(sys.executable, [sys.executable, *gunicorn])
+    # A name per step and port: gunicorn 27 stops the dirty arbiter of another
+    # server with the same name (see proc_name in gunicorn_conf.py).
+    name = f"dirty-chat-{step_dir.name[:2]}-{port}"
+    gunicorn = ["-m", "gunicorn", "-c", "gunicorn_conf.py", "--bind", f"127.0.0.1:{port}", "--name", name]
+    os.execv(sys.executable, [sys.executable, *gunicorn, "main:app"])
 
 
 if __name__ == "__main__":

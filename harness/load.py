@@ -1,0 +1,237 @@
+"""Load helpers: fire many chats at once, say how each one ended, sample a server.
+
+Used by the overload and hardening tests and by `make soak`; a benchmark can
+build on it too. Nothing in here is part of the tutorial's code.
+
+Every chat must end in exactly one of three ways (CONTRIBUTING.md, wire protocol):
+
+- COMPLETE: a stream of tokens ending with ``data: [DONE]``;
+- REFUSED: ``503`` JSON with a ``Retry-After`` header, before any stream starts;
+- FAILED: a stream that has begun tells of one error, ``{"error": ...}``, then ``[DONE]``.
+
+Anything else (a connection closed without a word, a stream without
+``[DONE]``, a client timeout) is a protocol violation.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from harness.server import memory_kib, socket_count
+from harness.sse import ChatStream, Event, stream_chat
+
+COMPLETE = "complete"
+REFUSED = "refused"
+FAILED = "failed"
+ERROR_TYPES = {"busy", "timeout", "model_error"}
+
+
+class ProtocolViolation(AssertionError):
+    """A chat ended in none of the three allowed ways."""
+
+
+def classify(result: ChatStream) -> str:
+    """COMPLETE, REFUSED or FAILED; raise ProtocolViolation for anything else."""
+
+    def violation(why: str) -> ProtocolViolation:
+        return ProtocolViolation(f"{why}: status {result.status}, body {result.body[-300:]!r}")
+
+    content_type = result.headers.get("content-type", "")
+    if result.status == 503:
+        if not content_type.startswith("application/json"):
+            raise violation("a 503 that is not JSON")
+        retry_after = result.headers.get("retry-after", "")
+        if not (retry_after.isdigit() and int(retry_after) > 0):
+            raise violation(f"a 503 without a usable Retry-After ({retry_after!r})")
+        if not isinstance(json.loads(result.body).get("detail"), str):
+            raise violation("a 503 without a detail")
+        return REFUSED
+    if result.status != 200 or not content_type.startswith("text/event-stream"):
+        raise violation("neither a stream nor a 503")
+    if not result.ended_with_done or sum(event.done for event in result.events) != 1:
+        raise violation("a stream that does not end with exactly one [DONE]")
+    if not result.body.endswith(b"\n\n"):
+        raise violation("a stream cut in the middle of an event")
+    payloads = result.payloads
+    errors = [index for index, payload in enumerate(payloads) if "error" in payload]
+    if not errors:
+        if not all(isinstance(payload.get("token"), str) for payload in payloads):
+            raise violation("an event that is neither a token nor an error")
+        if not result.text:
+            raise violation("a complete stream without a single token")
+        return COMPLETE
+    if errors != [len(payloads) - 1]:
+        raise violation("an error event that is not the last event before [DONE], or more than one")
+    error = payloads[-1]["error"]
+    if not (isinstance(error.get("message"), str) and error.get("type") in ERROR_TYPES):
+        raise violation(f"an error event without a message or a known type: {error}")
+    return FAILED
+
+
+@dataclass
+class Shot:
+    """One chat of a burst: what came back, or what went wrong on the way."""
+
+    index: int
+    result: ChatStream | None = None
+    exception: BaseException | None = None
+
+    @property
+    def kind(self) -> str:
+        """COMPLETE, REFUSED or FAILED; raise ProtocolViolation otherwise."""
+        if self.result is None:
+            raise ProtocolViolation(f"chat {self.index} got no answer: {self.exception!r}")
+        return classify(self.result)
+
+
+def fire(
+    base_url: str,
+    count: int,
+    prompt: str = "hello",
+    *,
+    body: Callable[[int], dict] | None = None,
+    timeout: float = 60.0,
+) -> list[Shot]:
+    """Send `count` chats at the same moment, one thread and one connection each.
+
+    Every read waits at most `timeout` seconds, and the whole burst at most
+    `timeout` more than its slowest answer could take: a chat still running
+    after that is reported as a Shot without a result.
+    """
+    shots = [Shot(index) for index in range(count)]
+    ready = threading.Barrier(count)
+
+    def run(shot: Shot) -> None:
+        payload = body(shot.index) if body else {"prompt": prompt}
+        with httpx.Client(base_url=base_url, timeout=timeout) as http:
+            ready.wait()
+            try:
+                shot.result = stream_chat(http, prompt, json_body=payload)
+            except Exception as exc:  # reported through Shot.kind
+                shot.exception = exc
+
+    threads = [threading.Thread(target=run, args=(shot,), daemon=True) for shot in shots]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 2 * timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    for shot, thread in zip(shots, threads, strict=True):
+        if thread.is_alive():
+            shot.exception = TimeoutError(f"still running after {2 * timeout:.0f} s")
+    return shots
+
+
+class WatchedChat:
+    """One chat read on a thread of its own, watched while it streams.
+
+    For tests that act in the middle of a stream (kill a worker, stop the
+    server): `wait_for_tokens` returns once that many tokens have arrived,
+    and `finish` returns everything the client saw. Every read waits at most
+    `timeout` seconds, so a stream that stalls ends in an exception, not a hang.
+    """
+
+    def __init__(self, base_url: str, prompt: str = "explain", *, timeout: float = 30.0, **body):
+        self.base_url = base_url
+        self.body = {"prompt": prompt, **body}
+        self.timeout = timeout
+        self.result: ChatStream | None = None
+        self.exception: BaseException | None = None
+        self._tokens = 0
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> WatchedChat:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            with httpx.Client(base_url=self.base_url, timeout=self.timeout) as http:
+                started = time.monotonic()
+                with http.stream("POST", "/chat", json=self.body) as response:
+                    result = ChatStream(response.status_code, response.headers, started)
+                    with self._changed:
+                        self.result = result
+                    buffer = b""
+                    for chunk in response.iter_raw():
+                        result.body += chunk
+                        buffer += chunk
+                        while b"\n\n" in buffer:
+                            raw, buffer = buffer.split(b"\n\n", 1)
+                            event = Event(raw.decode("utf-8"), time.monotonic())
+                            with self._changed:
+                                result.events.append(event)
+                                if not event.done and event.json().get("token"):
+                                    self._tokens += 1
+                                self._changed.notify_all()
+                    result.finished = time.monotonic()
+        except Exception as exc:  # the test sees it through finish()
+            self.exception = exc
+        finally:
+            with self._changed:
+                self._changed.notify_all()
+
+    def wait_for_tokens(self, count: int, timeout: float) -> bool:
+        """True once `count` tokens have arrived; False if the chat ended or time ran out first."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: self._tokens >= count or not self._thread.is_alive(), timeout
+            ) and self._tokens >= count
+
+    def finish(self, timeout: float | None = None) -> ChatStream:
+        """Wait for the chat to end and return it; raise what went wrong, if anything did."""
+        self._thread.join(self.timeout * 2 if timeout is None else timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"the chat was still running after {timeout} s")
+        if self.exception is not None:
+            raise self.exception
+        assert self.result is not None
+        return self.result
+
+
+@dataclass
+class Sample:
+    """One look at a process tree."""
+
+    at: float
+    rss_kib: int
+    pss_kib: int
+    sockets: int
+    processes: int
+
+
+def sample(pids: list[int]) -> Sample:
+    return Sample(
+        at=time.monotonic(),
+        rss_kib=memory_kib(pids, "Rss"),
+        pss_kib=memory_kib(pids, "Pss"),
+        sockets=socket_count(pids),
+        processes=len(pids),
+    )
+
+
+@dataclass
+class Tally:
+    """Counts of chat outcomes, safe to update from several threads."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, kind: str | None, violation: str | None = None) -> None:
+        with self.lock:
+            if violation is not None:
+                self.violations.append(violation)
+                kind = "violation"
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    def total(self) -> int:
+        with self.lock:
+            return sum(self.counts.values())

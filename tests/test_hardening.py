@@ -1,0 +1,576 @@
+"""Hardening: bad input, a model that dies or falls silent, clients that hang up,
+shutdown with streams open, and text from every script.
+
+Most tests start a server of their own with one dirty worker, so that what
+one test breaks no other test sees, and a busy worker shows at once.
+Scenarios that reveal a defect of the step code are strict xfails: the reason
+names the fix, and the test passes (and the xfail must go) once it is made.
+"""
+
+import asyncio
+import gc
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from test_api import BAD_REQUESTS, JSON
+
+from harness.load import COMPLETE, FAILED, WatchedChat, classify
+from harness.server import DIRTY_READY, memory_kib, process_tree, socket_count
+from harness.sse import ChatStream, stream_chat
+
+ONE_WORKER = {"env": {"DIRTY_WORKERS": "1"}, "dirty_workers": 1}
+# Step 02 sets its dirty workers in gunicorn_conf.py only; from step 03 on,
+# DIRTY_WORKERS sets them (main.py reads it too) and the flag agrees.
+ONE_WORKER_ANY_STEP = {**ONE_WORKER, "args": ["--dirty-workers", "1"]}
+# Every client read waits at most this long: a stream that hangs fails the
+# test instead of blocking it. Each scenario ends far sooner when all is well.
+READ_TIMEOUT = 15.0
+
+
+@pytest.fixture
+def small_server(step, servers, request):
+    """The step with one dirty worker (from step 03 on), shared by the tests that do not break it."""
+    live = servers.shared_server(step, **(ONE_WORKER if step.number >= 3 else {}))
+    request.node.live_servers = [*getattr(request.node, "live_servers", []), live]
+    return live
+
+
+@pytest.fixture
+def http(small_server):
+    with httpx.Client(base_url=small_server.base_url, timeout=READ_TIMEOUT) as client:
+        yield client
+
+
+def poll(condition, timeout: float, interval: float = 0.05):
+    """Call `condition` until it returns something true, or `timeout` passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()) and time.monotonic() < deadline:
+        time.sleep(interval)
+    return value
+
+
+def dirty_worker_pids(server) -> set[int]:
+    """The dirty workers of a server: the children of its current dirty arbiter."""
+    arbiter = int(re.findall(r"Spawned dirty arbiter \(pid: (\d+)\)", server.log())[-1])
+    return set(process_tree(arbiter)) - {arbiter}
+
+
+def private_kib(pids: list[int]) -> int:
+    """Memory that only these processes hold (USS): private pages, clean or dirty."""
+    return memory_kib(pids, "Private_Clean") + memory_kib(pids, "Private_Dirty")
+
+
+# --- malformed requests ------------------------------------------------------
+
+
+def error_text(response: httpx.Response) -> str:
+    detail = response.json()["detail"]
+    return detail if isinstance(detail, str) else " ".join(f"{e['loc']} {e['msg']}" for e in detail)
+
+
+@pytest.mark.since("03")
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=str)
+def test_bad_input_on_chat_gets_a_clear_json_error(step, http, case):
+    """The table of test_api.py, sent to the streaming endpoint: answered before any stream."""
+    kwargs, status, words = BAD_REQUESTS[case]
+    response = http.post("/chat", **kwargs)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert words.lower() in error_text(response).lower()
+    assert "data:" not in response.text
+    # The input is not echoed back.
+    assert "xxxxxxxxxx" not in response.text
+    assert http.get("/health").status_code == 200
+
+
+@pytest.mark.since("03")
+def test_chat_body_without_length_is_limited_too(step, http):
+    def chunks():
+        yield b'{"prompt": "'
+        for _ in range(100):
+            yield b"x" * 1024
+        yield b'"}'
+
+    response = http.post("/chat", content=chunks(), headers=JSON)
+    assert response.status_code == 413
+    assert http.get("/health").status_code == 200
+
+
+@pytest.mark.since("03")
+def test_a_real_chat_streams_after_all_the_garbage(step, http):
+    for kwargs, status, _words in BAD_REQUESTS.values():
+        assert http.post("/chat", **kwargs).status_code == status
+    result = stream_chat(http, "hello")
+    assert classify(result) == COMPLETE
+
+
+# --- text from every script --------------------------------------------------
+
+UNICODE_PROMPTS = {
+    "emoji": "hello 👋🏽 can you explain? 🤖",
+    "CJK": "你好，请解释一下 dirty workers 是什么？",
+    "RTL": "مرحبا، can you show me some code? שלום",
+    "combining marks": "e\u0301xplain Z\u0351\u0364a\u0310l\u0357g\u0350o\u0346 streaming",
+    "astral letters": "𝕳𝖊𝖑𝖑𝖔 𝖜𝖔𝖗𝖑𝖉",
+    # Accepted, not refused: the model only looks for words, the prompt is
+    # never echoed, and JSON carries U+0000 safely as \u0000.
+    "NUL": "hello\u0000world",
+    "controls and separators": "line\r\nbreak\ttab\u2028\u2029\u0007 code",
+    "zero-width and BOM": "\ufeffex\u200bplain\u200d",
+    # max_length counts characters, not bytes: 16 000 bytes, under the body limit.
+    "4000 emoji": "😀" * 4000,
+}
+
+
+def assert_valid_utf8_events(body: bytes) -> None:
+    text = body.decode("utf-8")  # strict: raises on a single bad byte
+    for event in text[:-2].split("\n\n"):
+        assert event.startswith("data: ")
+        data = event[len("data: "):]
+        if data != "[DONE]":
+            json.loads(data)
+
+
+@pytest.mark.since("03")
+@pytest.mark.parametrize("name", UNICODE_PROMPTS, ids=str)
+def test_any_script_gets_the_canned_answer(step, http, step_module, name):
+    prompt = UNICODE_PROMPTS[name]
+    result = stream_chat(http, prompt)
+    assert classify(result) == COMPLETE, result.body[-300:]
+    assert result.text == step_module("chat_app").pick_answer(prompt)
+    assert_valid_utf8_events(result.body)
+
+
+@pytest.mark.parametrize("name", ["emoji", "NUL", "4000 emoji"], ids=str)
+def test_any_script_on_chat_sync(step, http, step_module, name):
+    prompt = UNICODE_PROMPTS[name]
+    response = http.post("/chat/sync", json={"prompt": prompt})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"response": step_module("chat_app").pick_answer(prompt)}
+
+
+@pytest.mark.since("03")
+def test_the_length_limit_counts_characters_not_bytes(step, http):
+    response = http.post("/chat", json={"prompt": "😀" * 4001})
+    assert response.status_code == 422
+    assert "at most 4000" in error_text(response)
+
+
+def test_a_lone_surrogate_is_refused_clearly(step, http):
+    """JSON may spell half a UTF-16 pair (\\ud800), which no UTF-8 can carry: a 422 says so."""
+    for path in ["/chat/sync", *(["/chat"] if step.number >= 3 else [])]:
+        response = http.post(path, content=b'{"prompt": "hello \\ud800"}', headers=JSON)
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"] == "application/json"
+        assert "unicode" in error_text(response)
+    assert http.get("/health").status_code == 200
+
+
+# --- a dirty worker dies mid-stream ------------------------------------------
+
+
+@pytest.mark.since("03")
+def test_a_killed_dirty_worker_ends_the_stream_with_an_error(step, start, step_module):
+    chat_app = step_module("chat_app")
+    server = start(**ONE_WORKER)
+    (victim,) = dirty_worker_pids(server)
+    chat = WatchedChat(server.base_url, "explain", timeout=READ_TIMEOUT).start()
+    assert chat.wait_for_tokens(3, READ_TIMEOUT)
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+    result = chat.finish()
+
+    assert classify(result) == FAILED, result.body[-300:]
+    assert result.errors[0]["type"] == "model_error"
+    # The error and [DONE] came before the rest of the answer could have, even
+    # at the model's fastest pace (about 2 s): the stream was not left hanging.
+    seen = len(result.token_events)
+    remaining = (len(chat_app.split_tokens(chat_app.EXPLAIN)) - seen) * chat_app.WORD_DELAY[0]
+    assert result.events[-1].at - killed_at < remaining, (result.events[-1].at - killed_at, remaining)
+
+    # The arbiter replaces the worker, and the next chat is whole.
+    replacements = poll(lambda: dirty_worker_pids(server) - {victim}, timeout=10)
+    assert replacements and victim not in dirty_worker_pids(server)
+    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT) as http:
+        after = stream_chat(http, "hello")
+    assert classify(after) == COMPLETE
+    assert after.text == chat_app.GREETING
+
+
+def threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.since("02")
+def test_a_killed_dirty_worker_fails_a_sync_chat_cleanly(step, start, step_module):
+    chat_app = step_module("chat_app")
+    server = start(**ONE_WORKER_ANY_STEP)
+    (victim,) = dirty_worker_pids(server)
+    outcome = {}
+
+    def ask():
+        with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT) as http:
+            outcome["response"] = http.post("/chat/sync", json={"prompt": "explain"})
+
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    # A dirty worker starts its model thread with its first request: then it is busy.
+    assert poll(lambda: threads(victim) > 1, timeout=READ_TIMEOUT)
+    os.kill(victim, signal.SIGKILL)
+    asker.join(READ_TIMEOUT)
+    response = outcome["response"]
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/json"
+    assert "unavailable" in response.json()["detail"]
+    replacements = poll(lambda: dirty_worker_pids(server) - {victim}, timeout=10)
+    assert replacements
+    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT) as http:
+        after = http.post("/chat/sync", json={"prompt": "hello"})
+    assert after.status_code == 200 and after.json()["response"] == chat_app.GREETING
+
+
+# --- the model falls silent for longer than dirty_timeout --------------------
+
+DIRTY_TIMEOUT = 2
+STALL_SECONDS = 30
+SILENT_MODEL = {
+    "args": ["--dirty-timeout", str(DIRTY_TIMEOUT)],
+    "env": {"CHAT_FAULT_STALL": str(STALL_SECONDS), "DIRTY_WORKERS": "1"},
+    "dirty_workers": 1,
+}
+
+STUCK_WORKER_KEPT = (
+    "gunicorn 27 beats a dirty worker's heartbeat from its event loop, beside the model's "
+    "thread, so a model stuck mid-answer never looks stuck: the arbiter times the request "
+    "out but keeps the worker, and every later request gets no token until the stall ends. "
+    "Fix: a dirty_worker_init hook in gunicorn_conf.py that beats only while no request "
+    "runs (tests/fault_conf.py must then call the step's hook before its own)."
+)
+
+
+@pytest.mark.since("03")
+def test_a_silent_model_ends_the_stream_with_a_timeout(step, start_faulty):
+    server = start_faulty("stall:3", **SILENT_MODEL)
+    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT) as http:
+        result = stream_chat(http, "explain")
+        assert classify(result) == FAILED, result.body[-300:]
+        assert len(result.token_events) == 3
+        # The arbiter's own deadline between two chunks, reported as such.
+        assert result.errors[0]["type"] == "timeout"
+        silence = result.events[-2].at - result.token_events[-1].at
+        # It waited out dirty_timeout of silence, and no more than a fraction of the stall.
+        assert DIRTY_TIMEOUT / 2 < silence < STALL_SECONDS / 3, silence
+        # Nothing is left stuck on the HTTP side.
+        assert http.get("/health").status_code == 200
+
+
+@pytest.mark.since("02")
+def test_a_silent_model_times_out_a_sync_chat(step, start_faulty):
+    args = [*SILENT_MODEL["args"], "--dirty-workers", "1"]
+    server = start_faulty("stall:3", **{**SILENT_MODEL, "args": args})
+    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT) as http:
+        sent = time.monotonic()
+        response = http.post("/chat/sync", json={"prompt": "explain"})
+        waited = time.monotonic() - sent
+        assert response.status_code == 504, response.text
+        assert response.headers["content-type"] == "application/json"
+        assert "took too long" in response.json()["detail"]
+        # Told after dirty_timeout, not after the stall.
+        assert waited < STALL_SECONDS / 3, waited
+        assert http.get("/health").status_code == 200
+
+
+@pytest.mark.since("03")
+@pytest.mark.xfail(strict=True, reason=STUCK_WORKER_KEPT)
+def test_a_silent_model_is_replaced(step, start_faulty):
+    server = start_faulty("stall:3", **SILENT_MODEL)
+    (stuck,) = dirty_worker_pids(server)
+    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT) as http:
+        first = stream_chat(http, "explain")
+        assert first.errors[0]["type"] == "timeout"
+        # No request meanwhile: each one would count as a sign of life.
+        replaced = poll(lambda: stuck not in dirty_worker_pids(server), timeout=3 * DIRTY_TIMEOUT + 2)
+        assert replaced, f"dirty worker {stuck} still serves after {3 * DIRTY_TIMEOUT + 2} s"
+        server.wait_for_log(DIRTY_READY, count=2, timeout=10)
+        # A working model again: its first tokens come (then the fault stalls it, as before).
+        again = stream_chat(http, "explain")
+        assert len(again.token_events) == 3
+
+
+# --- clients hang up, again and again ----------------------------------------
+
+OPEN_AFTER_HANG_UP = (
+    "main.py opens the dirty client inside the streaming generator; FastAPI's SSE producer "
+    "iterates that generator with a bare `async for`, so a hang-up that lands while an event "
+    "is being handed on (any slow reader) leaves the generator paused at its yield and the "
+    "dirty client open until garbage collection: the worker finishes the answer for nobody. "
+    "Fix: make the dirty client a dependency with yield (closed by the request's exit stack)."
+)
+
+DROPS = 200
+WARM_UP_DROPS = 20
+# Growth of the memory only the server's processes hold (USS) allowed over
+# DROPS hang-ups after warm-up. Python's allocator moves by a megabyte or two
+# on its own (about 2 % of this tree); anything that keeps 30 KB or more per
+# dropped stream (a task, a generator, a socket and its buffers) exceeds 10 %.
+# USS rather than PSS: PSS splits shared library pages among every process
+# mapping them, so it moves when other servers on the machine come and go.
+MAX_GROWTH = 0.10
+# While a step still has the OPEN_AFTER_HANG_UP defect (shown in-process
+# below), a hang-up that lands while an event is handed on leaves the model
+# running; live that is about 1 hang-up in 300, so up to this many late
+# first tokens are put down to it. Once the step is fixed: none.
+KNOWN_RACE_ALLOWANCE = 3
+
+
+@pytest.mark.since("03")
+def test_hang_ups_stop_the_model_and_leave_nothing_behind(step, start, step_module, monkeypatch):
+    allowance = 0 if hang_up_closes_the_dirty_client(step_module, monkeypatch, True) else KNOWN_RACE_ALLOWANCE
+    chat_app = step_module("chat_app")
+    server = start(**ONE_WORKER)
+    # Finishing a dropped answer, even at the fastest pace, would take this long.
+    remaining = (len(chat_app.split_tokens(chat_app.EXPLAIN)) - 1) * chat_app.WORD_DELAY[0]
+    headers = {"Connection": "close"}
+    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=headers) as http:
+        for _ in range(WARM_UP_DROPS):
+            stream_chat(http, "explain", stop_after_tokens=1)
+        # A whole answer leaves the arbiter's connection to the worker open, as at the end.
+        assert classify(stream_chat(http, "hello")) == COMPLETE
+        idle_sockets = socket_count(server.pids())
+        before_uss, before_pss = private_kib(server.pids()), memory_kib(server.pids())
+
+        straight, queued = [], 0
+        for _ in range(DROPS):
+            drop = stream_chat(http, "explain", stop_after_tokens=1)
+            assert drop.status == 200 and len(drop.token_events) == 1, drop.body[-300:]
+            if any("waiting" in payload for payload in drop.payloads):
+                # It arrived before the previous hang-up had given its place
+                # back, and waited in line: its first token says nothing of
+                # the model (the line is tested in test_capacity.py).
+                queued += 1
+            else:
+                straight.append(drop.first_token_at)
+        assert classify(stream_chat(http, "hello")) == COMPLETE
+
+    # Each hang-up stopped the model: the next chat, sent straight to the one
+    # dirty worker, got its first token before the dropped answer could have ended.
+    assert len(straight) >= DROPS // 2, f"only {len(straight)} of {DROPS} chats went straight through"
+    late = [round(seconds, 2) for seconds in straight if seconds >= remaining]
+    median = statistics.median(straight)
+    assert len(late) <= allowance, f"first tokens after {remaining:.1f} s: {late} (median {median:.2f} s)"
+
+    settled = poll(lambda: socket_count(server.pids()) == idle_sockets, timeout=10)
+    assert settled, (socket_count(server.pids()), idle_sockets)
+    after_uss, after_pss = private_kib(server.pids()), memory_kib(server.pids())
+    growth = (after_uss - before_uss) / before_uss
+    assert growth < MAX_GROWTH, (
+        f"USS {before_uss} -> {after_uss} KiB ({growth:+.1%}); PSS {before_pss} -> {after_pss} KiB"
+    )
+
+
+
+
+def hang_up_closes_the_dirty_client(step_module, monkeypatch, backpressure: bool) -> bool:
+    """In-process: the step's app with a stand-in DirtyClient that records its closing.
+
+    The hang-up is what gunicorn does with asgi_disconnect_grace_period = 0:
+    it cancels the request's task. With `backpressure`, the client stopped
+    reading first and filled FastAPI's one-event buffers, so the hang-up finds
+    the stream handing an event on rather than waiting for the next one.
+    Returns whether the request's own teardown closed the client.
+    """
+    main = step_module("main")
+    chat_app = step_module("chat_app")
+    monkeypatch.setattr(chat_app, "WORD_DELAY", (0.0, 0.0))
+    monkeypatch.setattr(chat_app, "DOT_DELAY", (0.0, 0.0), raising=False)
+    opened, closed, produced = [], [], [0]
+
+    class StandInDirtyClient:
+        def __init__(self, socket_path, timeout):
+            pass
+
+        async def __aenter__(self):
+            opened.append(self)
+            return self
+
+        async def __aexit__(self, *exc_info):
+            closed.append(self)
+
+        def stream_async(self, app_path, action, *args):
+            async def events():
+                for event in chat_app.ChatApp().stream(*args):
+                    await asyncio.sleep(0.001)
+                    produced[0] += 1
+                    yield event
+
+            return events()
+
+    monkeypatch.setattr(main, "DirtyClient", StandInDirtyClient)
+    monkeypatch.setattr(main, "get_dirty_socket_path", lambda: "/no/such/socket")
+
+    async def scenario():
+        body = json.dumps({"prompt": "explain"}).encode()
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/chat", "raw_path": b"/chat", "query_string": b"",
+            "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "state": {},
+        }
+        incoming = [{"type": "http.request", "body": body, "more_body": False}]
+        first_event = asyncio.Event()
+
+        async def receive():
+            if incoming:
+                return incoming.pop()
+            await asyncio.Event().wait()
+
+        async def send(message):
+            if message["type"] == "http.response.body" and message.get("body"):
+                first_event.set()
+                if backpressure:
+                    await asyncio.Event().wait()  # the client reads no more
+
+        task = asyncio.create_task(main.app(scope, receive, send))
+        await first_event.wait()
+        if backpressure:
+            # Until the buffers are full and the model has stopped producing.
+            last = -1
+            while produced[0] != last:
+                last = produced[0]
+                await asyncio.sleep(0.02)
+        else:
+            while produced[0] < 3:
+                await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+        except BaseException:  # CancelledError, or the group FastAPI's task group raises
+            pass
+        for _ in range(20):
+            await asyncio.sleep(0)
+        # Looked at inside the loop: asyncio.run() closes leftover generators
+        # on its way out, which a server's loop does not do.
+        return list(closed)
+
+    # Without the cyclic collector, nothing but the request's own teardown can
+    # close the client before the test looks.
+    gc.disable()
+    try:
+        closed_by_teardown = asyncio.run(asyncio.wait_for(scenario(), READ_TIMEOUT))
+    finally:
+        gc.enable()
+    assert len(opened) == 1
+    return closed_by_teardown == opened
+
+
+@pytest.mark.since("03")
+@pytest.mark.parametrize(
+    "backpressure",
+    [False, pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=OPEN_AFTER_HANG_UP))],
+    ids=["reading", "not-reading"],
+)
+def test_a_hang_up_closes_the_dirty_client(step, step_module, monkeypatch, backpressure):
+    assert hang_up_closes_the_dirty_client(step_module, monkeypatch, backpressure), (
+        "the hang-up left the dirty client open"
+    )
+
+
+# --- SIGTERM while streams are open ------------------------------------------
+
+# gunicorn's graceful_timeout (the steps keep the default): how long open
+# streams may take to finish once the master is told to stop.
+GRACEFUL_TIMEOUT = 30
+
+STREAMS_CUT_ON_SIGTERM = (
+    "gunicorn 27 signals the dirty arbiter together with the HTTP workers, and the arbiter "
+    "cancels every request in flight at once (DirtyArbiter.stop), so graceful_timeout only "
+    "keeps HTTP workers waiting for streams that end in an error. Fix: an on_dirty_starting "
+    "hook in gunicorn_conf.py that lets the arbiter finish its queues on SIGTERM and closes "
+    "the HTTP listener it inherits from the master."
+)
+
+
+def processes_alive(snapshot: dict[int, str]) -> list[int]:
+    """Which processes of a snapshot (pid -> start time) still exist, zombies aside."""
+    alive = []
+    for pid, started in snapshot.items():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[19] == started and fields[0] != "Z":
+            alive.append(pid)
+    return alive
+
+
+@dataclass
+class Shutdown:
+    """What SIGTERM did to a server with streams open."""
+
+    results: list[ChatStream]  # the streams, as their clients saw them
+    refused_at: float | None  # when the port first refused a connection
+    code: int  # the master's exit code
+    left: list[int]  # processes of the server still running afterwards
+
+
+def sigterm_with_streams_open(server) -> Shutdown:
+    snapshot = {
+        pid: Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] for pid in server.pids()
+    }
+    chats = [WatchedChat(server.base_url, "explain", timeout=READ_TIMEOUT).start() for _ in range(2)]
+    assert all(chat.wait_for_tokens(2, READ_TIMEOUT) for chat in chats)
+    server.proc.send_signal(signal.SIGTERM)
+
+    def refused():
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+        except ConnectionRefusedError:
+            return time.monotonic()
+        return None
+
+    refused_at = poll(refused, timeout=GRACEFUL_TIMEOUT + 5)
+    results = [chat.finish(GRACEFUL_TIMEOUT + 5) for chat in chats]
+    code = server.proc.wait(GRACEFUL_TIMEOUT + 5)
+    poll(lambda: not processes_alive(snapshot), timeout=5)
+    return Shutdown(results, refused_at, code, processes_alive(snapshot))
+
+
+@pytest.mark.since("03")
+def test_sigterm_ends_every_open_stream_cleanly(step, start):
+    server = start(env={"DIRTY_WORKERS": "2"}, dirty_workers=2)
+    shutdown = sigterm_with_streams_open(server)
+    # Each stream ends with its [DONE], whole or with one error event: no hang, no cut.
+    assert all(classify(result) in (COMPLETE, FAILED) for result in shutdown.results)
+    assert shutdown.refused_at is not None, "the port still accepted connections"
+    assert shutdown.code == 0
+    assert not shutdown.left, f"processes of the stopped server still running: {shutdown.left}"
+
+
+@pytest.mark.since("03")
+@pytest.mark.xfail(strict=True, reason=STREAMS_CUT_ON_SIGTERM)
+def test_sigterm_lets_open_streams_finish(step, start):
+    server = start(env={"DIRTY_WORKERS": "2"}, dirty_workers=2)
+    shutdown = sigterm_with_streams_open(server)
+    assert [classify(result) for result in shutdown.results] == [COMPLETE, COMPLETE], [
+        result.errors for result in shutdown.results
+    ]
+    # New connections were refused while the open streams still ran.
+    assert shutdown.refused_at is not None
+    assert shutdown.refused_at < min(result.events[-1].at for result in shutdown.results)
+    assert shutdown.code == 0
+    assert not shutdown.left, f"processes of the stopped server still running: {shutdown.left}"
