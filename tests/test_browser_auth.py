@@ -20,7 +20,8 @@ def test_the_page_sends_the_key_the_user_types(step, server, page):
     # Type the key, as a user would, and ask again.
     key.fill(DEV_KEY)
     page.get_by_role("button", name="code", exact=True).click()
-    expect(page.locator(".msg.bot").last.locator(".answer")).to_contain_text("Here is a dirty app", timeout=30_000)
+    answer = page.locator(".msg.bot").last.locator(".answer")
+    expect(answer).to_contain_text("Here is a dirty app", timeout=30_000)
     chats = [request for request in requests if request.url.endswith("/chat")]
     assert [request.headers.get("authorization") for request in chats] == [None, f"Bearer {DEV_KEY}"]
     # The key travels in the header only: never in a URL the browser requested.
