@@ -174,11 +174,21 @@ async def place_in_line():
 Line = Annotated[Place, Depends(place_in_line)]
 
 
-def dirty_client() -> DirtyClient:
-    # One client per request, closed on the way out: the shared client of
-    # get_dirty_client_async() would leave a socket open after every request,
-    # and could hand this stream the leftovers of another.
-    return DirtyClient(get_dirty_socket_path(), timeout=ANSWER_TIMEOUT)
+async def dirty_client() -> AsyncIterator[DirtyClient]:
+    """One client per request, closed when the request is over.
+
+    The shared client of get_dirty_client_async() would leave a socket open
+    after every request, and could hand a stream the leftovers of another.
+    A dependency, not an `async with` in the endpoint: a stream's generator
+    may be left paused when its client hangs up, but FastAPI always tears
+    down a request's dependencies, and closing the socket is what stops the
+    dirty worker.
+    """
+    async with DirtyClient(get_dirty_socket_path(), timeout=ANSWER_TIMEOUT) as client:
+        yield client
+
+
+Dirty = Annotated[DirtyClient, Depends(dirty_client)]
 
 
 def error_event(exc: Exception) -> dict:
@@ -191,20 +201,21 @@ def error_event(exc: Exception) -> dict:
     return {"error": {"message": str(exc), "type": kind}}
 
 
-async def model_events(prompt: str, thinking: bool, rid: str, started: float) -> AsyncIterator[dict]:
+async def model_events(
+    client: DirtyClient, prompt: str, thinking: bool, rid: str, started: float
+) -> AsyncIterator[dict]:
     """The model's events for one request, counted for /metrics and logged."""
     log.info("answer started", extra={"request_id": rid})
     tokens = 0
     STREAMS_IN_FLIGHT.inc()
     try:
-        async with dirty_client() as client:
-            # The request id travels to the dirty worker, which logs it too.
-            async for event in client.stream_async(CHAT_APP, "stream", prompt, thinking, rid):
-                if tokens == 0:
-                    TIME_TO_FIRST_TOKEN.observe(time.monotonic() - started)
-                tokens += 1
-                TOKENS.inc()
-                yield event
+        # The request id travels to the dirty worker, which logs it too.
+        async for event in client.stream_async(CHAT_APP, "stream", prompt, thinking, rid):
+            if tokens == 0:
+                TIME_TO_FIRST_TOKEN.observe(time.monotonic() - started)
+            tokens += 1
+            TOKENS.inc()
+            yield event
     except DirtyError as exc:
         DIRTY_ERRORS.labels(error_event(exc)["error"]["type"]).inc()
         raise
@@ -224,10 +235,10 @@ PROTECTED = [Depends(rate_limit), Depends(require_json)]
     dependencies=PROTECTED,
     max_body_size=MAX_BODY_BYTES,
 )
-async def chat_sync(request: ChatRequest, place: Line, rid: RequestId):
+async def chat_sync(request: ChatRequest, place: Line, client: Dirty, rid: RequestId):
     started = time.monotonic()
     await place.wait_turn(MAX_WAIT)
-    events = model_events(request.prompt, request.thinking, rid, started)
+    events = model_events(client, request.prompt, request.thinking, rid, started)
     tokens = [event["token"] async for event in events]
     return ChatResponse(response="".join(tokens))
 
@@ -238,14 +249,14 @@ async def chat_sync(request: ChatRequest, place: Line, rid: RequestId):
     dependencies=PROTECTED,
     max_body_size=MAX_BODY_BYTES,
 )
-async def chat(request: ChatRequest, place: Line, rid: RequestId):
+async def chat(request: ChatRequest, place: Line, client: Dirty, rid: RequestId):
     started = time.monotonic()
     try:
         # Tell a waiting client where it stands, rather than leave it staring.
         async for position in place.turn(WAIT_UPDATE, MAX_WAIT):
             yield {"token": "", "waiting": position}
         # Each event says its phase, so a client can show thinking apart.
-        async for event in model_events(request.prompt, request.thinking, rid, started):
+        async for event in model_events(client, request.prompt, request.thinking, rid, started):
             yield event
     except (DirtyError, Busy) as exc:
         # The stream has started, so a failure can only be told in the stream.
@@ -263,23 +274,26 @@ async def index():
 
 
 @app.post("/v1/chat/completions", dependencies=PROTECTED, max_body_size=MAX_BODY_BYTES)
-async def chat_completions(body: CompletionRequest, place: Line, rid: RequestId):
+async def chat_completions(body: CompletionRequest, place: Line, client: Dirty, rid: RequestId):
     """The same model behind OpenAI's chat-completions format, so that the
     official clients (and the tools built on them) can talk to it."""
     started = time.monotonic()
     completion = Completion(body.model)
     if not body.stream:
         await place.wait_turn(MAX_WAIT)
-        tokens = [event["token"] async for event in model_events(body.prompt, False, rid, started)]
+        events = model_events(client, body.prompt, False, rid, started)
+        tokens = [event["token"] async for event in events]
         return completion.whole("".join(tokens), body.prompt, len(tokens))
     return StreamingResponse(
-        completion_chunks(body.prompt, completion, place, rid, started),
+        completion_chunks(client, body.prompt, completion, place, rid, started),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-ID": rid},
     )
 
 
-async def completion_chunks(prompt, completion: Completion, place: Place, rid: str, started: float):
+async def completion_chunks(
+    client: DirtyClient, prompt: str, completion: Completion, place: Place, rid: str, started: float
+):
     """OpenAI's streaming format: chunks with a `delta`, then `data: [DONE]`.
 
     FastAPI's SSE support frames events that a generator endpoint yields; this
@@ -293,7 +307,7 @@ async def completion_chunks(prompt, completion: Completion, place: Place, rid: s
     try:
         await place.wait_turn(MAX_WAIT)
         yield event(completion.chunk({"role": "assistant", "content": ""}))
-        async for answer_event in model_events(prompt, False, rid, started):
+        async for answer_event in model_events(client, prompt, False, rid, started):
             yield event(completion.chunk({"content": answer_event["token"]}))
         yield event(completion.chunk({}, finish_reason="stop"))
     except (DirtyError, Busy) as exc:
