@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import re
 import signal
@@ -42,6 +44,16 @@ def find_step(step: str) -> Path:
             return path
     names = ", ".join(p.name for p in step_dirs())
     raise ServerError(f"no step {step!r}; the steps are: {names}")
+
+
+def run_in_fresh_loop(coroutine):
+    """asyncio.run() in a thread of its own.
+
+    Tests share one process with Playwright's sync API, which keeps an event
+    loop running in the main thread; asyncio.run() refuses to start there.
+    """
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def free_port() -> int:

@@ -10,12 +10,20 @@ from harness.sse import Event
 from tools import bench
 
 
-def result(status=200, events=(), transport_error=None, dropped=False) -> bench.ChatResult:
-    stream = bench.ChatResult(status=status, headers=httpx.Headers(), started=0.0,
-                              transport_error=transport_error, dropped=dropped)
+def result(status=200, events=(), transport_error=None, headers=None, body=None) -> bench.ChatResult:
+    """A chat as the bench's clients record it: events with arrival times, the body, the headers."""
+    if headers is None:
+        headers = {"content-type": "text/event-stream; charset=utf-8"} if status == 200 else {}
+    stream = bench.ChatResult(status=status, headers=httpx.Headers(headers), started=0.0,
+                              transport_error=transport_error)
     stream.events = [Event(f"data: {data}", at) for at, data in events]
+    stream.body = body if body is not None else b"".join(f"{e.raw}\n\n".encode() for e in stream.events)
     stream.finished = events[-1][0] if events else 0.0
     return stream
+
+
+BUSY = {"content-type": "application/json", "retry-after": "10"}
+REFUSAL = b'{"detail": "the model is busy"}'
 
 
 TOKENS = [(0.1, '{"token": "", "waiting": 1}'), (0.3, '{"token": "Hi"}'), (0.35, '{"token": " there"}')]
@@ -39,15 +47,18 @@ def test_medians_take_every_number_and_skip_missing_values():
     ("stream", "outcome"),
     [
         (result(events=TOKENS + DONE), "complete"),
-        (result(status=503), "refused"),
+        (result(status=503, headers=BUSY, body=REFUSAL), "refused"),
         (result(events=TOKENS + [(0.5, '{"error": {"message": "x", "type": "timeout"}}')] + DONE), "error"),
         (result(events=TOKENS), "cut_off"),
         (result(events=TOKENS, transport_error="RemoteProtocolError: closed"), "cut_off"),
         (result(status=0, transport_error="ConnectionResetError"), "cut_off"),
         (result(events=DONE), "cut_off"),
-        (result(status=504), "other"),
+        (result(status=503, headers={"content-type": "application/json"}, body=REFUSAL), "other"),
+        (result(events=[(0.5, '{"error": {"message": "x", "type": "timeout"}}')] + TOKENS + DONE), "other"),
+        (result(status=504, headers={"content-type": "application/json"}, body=b"{}"), "other"),
     ],
-    ids=["complete", "503", "error-event", "no-done", "transport", "no-response", "no-message", "504"],
+    ids=["complete", "503", "error-event", "no-done", "transport", "no-response", "no-message",
+         "503-without-retry-after", "error-not-last", "504"],
 )
 def test_outcomes(stream, outcome):
     assert bench.classify(stream) == outcome
@@ -57,7 +68,7 @@ def test_a_stream_times_its_first_token_and_gaps():
     stream = result(events=TOKENS + DONE)
     assert stream.first_token_at == 0.3  # the waiting event is not a token
     assert stream.gaps == pytest.approx([0.05])
-    summary = bench.summarize([stream, result(status=503)], solo_duration=0.2)
+    summary = bench.summarize([stream, result(status=503, headers=BUSY, body=REFUSAL)], solo_duration=0.2)
     assert summary["complete"] == summary["refused"] == 1
     assert summary["slowest_over_solo"] == pytest.approx(2.0)
 

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from harness.server import run_in_fresh_loop
+
 pytestmark = pytest.mark.since("03")
 
 # Short enough to keep the tests quick, long enough that a loaded machine
@@ -30,7 +32,7 @@ def capacity(step_module):
 
 
 def run(coroutine):
-    return asyncio.run(asyncio.wait_for(coroutine, GUARD))
+    return run_in_fresh_loop(asyncio.wait_for(coroutine, GUARD))
 
 
 async def until(condition) -> None:
@@ -318,14 +320,6 @@ def test_first_come_first_served(step, capacity, workers):
     assert run(scenario()) == list(range(8))
 
 
-LOST_WAKEUP = (
-    "capacity.py Place.turn clears `moved` after its yield: a worker freed (or a move up "
-    "in line) while the client is being told its position is forgotten, and the request "
-    "waits a whole update_every (WAIT_UPDATE, 5 s) with the worker idle. Fix: clear before the yield."
-)
-
-
-@pytest.mark.xfail(strict=True, reason=LOST_WAKEUP)
 def test_a_worker_freed_while_the_position_is_told_is_not_lost(step, capacity):
     """The SSE response sends each position while turn() is paused at its yield;
     whatever happens meanwhile must still wake the wait that follows."""
@@ -345,7 +339,6 @@ def test_a_worker_freed_while_the_position_is_told_is_not_lost(step, capacity):
     assert run(scenario()).running
 
 
-@pytest.mark.xfail(strict=True, reason=LOST_WAKEUP)
 def test_a_move_up_while_the_position_is_told_is_not_lost(step, capacity):
     async def scenario():
         line = capacity.Capacity(workers=1, max_waiting=2, retry_after=7)

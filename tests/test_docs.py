@@ -273,6 +273,8 @@ LOOKS_LIKE_A_COMMAND = re.compile(r"^(?:[A-Z_]+=\S+ )*(?:make|curl|cd|\.\./\.\./
 # Mentioned, never run by the suite, and why.
 NOT_RUN = {
     "make notebooks": "it opens Jupyter Lab for a person; tests/test_notebooks.py runs the notebooks",
+    "make docs-outputs": "it rewrites the outputs this suite checks, with the runners the suite uses",
+    "make screenshots": "it rewrites the committed pictures of the page",
 }
 
 
@@ -285,3 +287,20 @@ def test_commands_written_in_the_text_are_run_somewhere():
         for code in INLINE_CODE.findall(text):
             if LOOKS_LIKE_A_COMMAND.match(code) and "NN" not in code and code not in run:
                 pytest.fail(f"{path.relative_to(ROOT)}: `{code}` is not run by any console block")
+
+
+CALL = re.compile(r"^(?:[\w]+\.)*(\w+)\(.*\)$")
+
+
+def test_functions_a_step_page_names_are_in_its_code():
+    # Prose drifts too: a call the page names, like `dirty_client()` or
+    # `place.turn(...)`, must still be in the step's files.
+    for folder in step_dirs():
+        page = DOCS / what_changed.page_path(folder)
+        if not page.is_file():
+            continue
+        code = "\n".join(p.read_text() for p in folder.rglob("*") if p.suffix in {".py", ".js", ".html"})
+        for span in INLINE_CODE.findall(FENCED.sub("", page.read_text())):
+            if match := CALL.match(span):
+                where = page.relative_to(ROOT)
+                assert f"{match.group(1)}(" in code, f"{where}: `{span}` is not in {folder.name}"

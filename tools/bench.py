@@ -47,10 +47,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from harness import load as strict  # noqa: E402
 from harness.server import (  # noqa: E402
     LiveServer,
     find_step,
-    memory_kib,
     process_tree,
     socket_count,
     start_server,
@@ -66,6 +66,8 @@ LAST_CORE_STEP = 5
 # The same prompt for every chat, so that stream durations compare.
 PROMPT = "explain"
 OUTCOMES = ("complete", "refused", "error", "cut_off", "other")
+# What gunicorn's dirty worker logs when it stops streaming because its reader went away.
+WORKER_STOPPED = "Error during streaming: Connection lost"
 
 # The targets for the final step as shipped: (key, figure, limit, unit).
 TARGETS = [
@@ -153,18 +155,19 @@ class ChatResult(ChatStream):
 
 
 def classify(result: ChatResult) -> str:
-    """complete, refused (503 before any stream), error (an error event, then
-    [DONE]), cut_off (the connection ended without [DONE] or without any
-    message) or other (any other status)."""
-    if result.transport_error is None and result.status == 503:
-        return "refused"
-    if result.status not in (0, 200):
-        return "other"
-    if result.transport_error is not None or not result.ended_with_done:
+    """complete, refused (503 + Retry-After before any stream), error (one
+    error event, then [DONE]), cut_off (the connection ended without [DONE],
+    or without any message) or other (anything else harness.load rejects)."""
+    if result.status in (0, 200) and (
+        result.transport_error is not None or not result.ended_with_done or not result.payloads
+    ):
         return "cut_off"
-    if result.errors:
-        return "error"
-    return "complete" if result.token_events else "cut_off"
+    try:
+        return {strict.COMPLETE: "complete", strict.REFUSED: "refused", strict.FAILED: "error"}[
+            strict.classify(result)
+        ]
+    except (strict.ProtocolViolation, ValueError):
+        return "other"
 
 
 def take_events(buffer: bytes, now: float, result: ChatResult, stop_after_tokens: int | None) -> bytes:
@@ -177,6 +180,7 @@ def take_events(buffer: bytes, now: float, result: ChatResult, stop_after_tokens
         raw, buffer = buffer.split(b"\n\n", 1)
         event = Event(raw.decode("utf-8"), now)
         result.events.append(event)
+        result.body += raw + b"\n\n"
         if stop_after_tokens is not None and not event.done and event.json().get("token"):
             result.tokens_seen += 1
             if result.tokens_seen >= stop_after_tokens:
@@ -227,7 +231,6 @@ class RawClient:
             if result.headers.get("transfer-encoding", "").lower() != "chunked":
                 length = result.headers.get("content-length")
                 result.body = await (reader.readexactly(int(length)) if length else reader.read())
-                take_events(result.body, time.monotonic(), result, None)
                 return result
             buffer = b""
             while not result.dropped:
@@ -403,8 +406,8 @@ def cpu_seconds(pids: Iterable[int]) -> dict[int, float]:
 
 
 def tree_sample(server: LiveServer) -> dict:
-    pids = server.pids()
-    return {"pss": memory_kib(pids, "Pss"), "rss": memory_kib(pids, "Rss"), "sockets": socket_count(pids)}
+    look = strict.sample(server.pids())
+    return {"pss": look.pss_kib, "rss": look.rss_kib, "sockets": look.sockets, "processes": look.processes}
 
 
 # --------------------------------------------------------------------------
@@ -488,11 +491,11 @@ async def load(server: LiveServer, count: int, opts: Options, solo_duration: flo
     return summary
 
 
-async def solo(server: LiveServer, opts: Options) -> dict:
+async def solo(server: LiveServer, opts: Options, repeat: int) -> dict:
     """One chat at a time on an idle server, `repeat` times."""
     runs = []
     async with new_client(server.base_url, 1, opts.client) as http:
-        for _ in range(opts.repeat):
+        for _ in range(repeat):
             result = await asyncio.wait_for(http.chat(opts.prompt), opts.scenario_timeout)
             if classify(result) != "complete":
                 raise RuntimeError(f"a solo chat ended {classify(result)}: {result.transport_error}")
@@ -534,6 +537,8 @@ async def drop_then_next(server: LiveServer, opts: Options) -> dict:
         "idle_ttft": median(idle),
         "after_drop_ttft": median(median(run) for run in per_run),
         "after_drop_max": max((a for a in after if a is not None), default=None),
+        # A next chat that waited a whole answer, or the line's 5 s update, is worth a look.
+        "after_drop_over_1s": sum(1 for a in after if a is not None and a > 1.0),
         "idle": idle,
         "after": after,
     }
@@ -543,6 +548,7 @@ async def sockets_after_drops(server: LiveServer, workers: int, opts: Options) -
     """`socket_requests` chats, every other one dropped after two tokens; then
     the tree's socket count must come back to its idle value."""
     idle = await asyncio.to_thread(socket_count, server.pids())
+    log_start = len(server.log())
     concurrency = 2 * workers
     gate = asyncio.Semaphore(concurrency)
     outcomes = Counter()
@@ -577,10 +583,13 @@ async def sockets_after_drops(server: LiveServer, workers: int, opts: Options) -
     deadline = waited_from + 5.0
     while (count := socket_count(server.pids())) != idle and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
+    # The dirty worker logs this when the arbiter drops its reader: a hang-up reached it.
+    stopped = server.log()[log_start:].count(WORKER_STOPPED)
     return {
         "requests": opts.socket_requests,
         "concurrency": concurrency,
         "outcomes": dict(outcomes),
+        "worker_stopped": stopped,
         "idle": idle,
         "peak": peak,
         "after": count,
@@ -633,15 +642,17 @@ async def run_config(workers: int, opts: Options, log: Callable[[str], None]) ->
         result["idle"] = await asyncio.to_thread(tree_sample, server)
         await warm_up(server, workers, opts)
         result["idle_after_warm_up"] = await asyncio.to_thread(tree_sample, server)
+        # The targets concern the shipped config: only its figures are repeated.
+        repeat = opts.repeat if default else 1
         solo_duration = None
         if opts.scenarios & {"together", "sweep", "health", "burst"}:
-            log(f"[{result['label']}] solo x{opts.repeat}")
-            result["solo"] = await solo(server, opts)
+            log(f"[{result['label']}] solo x{repeat}")
+            result["solo"] = await solo(server, opts, repeat)
             solo_duration = result["solo"]["duration"]
         if "together" in opts.scenarios:
             runs = []
-            for i in range(opts.repeat):
-                log(f"[{result['label']}] {opts.together} chats together, run {i + 1}/{opts.repeat}")
+            for i in range(repeat):
+                log(f"[{result['label']}] {opts.together} chats together, run {i + 1}/{repeat}")
                 runs.append(await load(server, opts.together, opts, solo_duration))
             result["together"] = {"runs": runs, **medians(runs)}
         if default and "sweep" in opts.scenarios:
@@ -677,12 +688,16 @@ async def run_config(workers: int, opts: Options, log: Callable[[str], None]) ->
 async def run_bench(opts: Options, log: Callable[[str], None] = print) -> dict:
     LOG_DIR.mkdir(exist_ok=True)
     started = time.monotonic()
+
+    def stamped(line: str) -> None:
+        log(f"[{time.monotonic() - started:4.0f} s] {line}")
+
     configs = []
     for workers in opts.configs:
-        configs.append(await run_config(workers, opts, log))
+        configs.append(await run_config(workers, opts, stamped))
     # The drop scenario needs one dirty worker: a run without that config gets its own.
     if "drop" in opts.scenarios and not any("drop" in c for c in configs):
-        helper = await run_config(1, replace(opts, scenarios=frozenset({"drop"})), log)
+        helper = await run_config(1, replace(opts, scenarios=frozenset({"drop"})), stamped)
         configs.append({**helper, "helper": True})
     return {
         "meta": metadata(opts, time.monotonic() - started),
@@ -789,7 +804,7 @@ def render_markdown(results: dict) -> str:
         f"Measured {meta['date']} on {meta['cores']} cores, Python {meta['python']}, "
         f"gunicorn {meta['gunicorn']}, step `{meta['step']}` ({meta['shipped_dirty_workers']} dirty "
         f"workers as shipped), prompt \"{meta['prompt']}\", {meta['client']} client, "
-        f"medians of {meta['repeat']} runs. "
+        f"medians of {meta['repeat']} runs for the shipped config, one run for the others. "
         f"Reproduce with `{meta['command']}` ({meta['seconds']:.0f} s).",
     ]
     parts.append(
@@ -823,7 +838,7 @@ def render_markdown(results: dict) -> str:
     shipped = next((c for c in configs if c["shipped"]), None)
     if shipped and ("sweep" in shipped or "health" in shipped):
         points = [("1 (solo)", {"ttft_p50": shipped["solo"]["ttft"], "ttft_p95": None,
-                                "slowest_over_solo": 1.0})]
+                                "slowest_over_solo": 1.0})] if "solo" in shipped else []
         points += [(n, run) for n, run in shipped.get("sweep", {}).items()]
         if "together" in shipped:
             points.append((str(meta["together"]), shipped["together"]))
@@ -869,18 +884,22 @@ def render_markdown(results: dict) -> str:
     if drop:
         parts.append(
             "### A dropped stream, 1 dirty worker\n\n"
-            + md_table(["samples", "first token, idle", "first token, right after a drop", "worst"],
+            + md_table(["samples", "first token, idle", "first token, right after a drop", "worst",
+                        "over 1 s"],
                        [[num(drop["samples"]), ms(drop["idle_ttft"]), ms(drop["after_drop_ttft"]),
-                         ms(drop["after_drop_max"])]])
+                         ms(drop["after_drop_max"]), num(drop.get("after_drop_over_1s"))]])
         )
     if shipped and "sockets" in shipped:
         s = shipped["sockets"]
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(s["outcomes"].items()))
         parts.append(
             f"### Sockets, {shipped['label']} dirty workers\n\n"
-            + md_table(["requests", "at once", "outcomes", "idle", "peak", "after", "back to idle in"],
-                       [[num(s["requests"]), num(s["concurrency"]), outcomes, num(s["idle"]),
-                         num(s["peak"]), num(s["after"]), ms(s["seconds_to_idle"])]])
+            + md_table(["requests", "at once", "outcomes", "dirty worker stopped", "idle", "peak", "after",
+                        "back to idle in"],
+                       [[num(s["requests"]), num(s["concurrency"]), outcomes, num(s.get("worker_stopped")),
+                         num(s["idle"]), num(s["peak"]), num(s["after"]), ms(s["seconds_to_idle"])]])
+            + "\n\n\"Dirty worker stopped\" counts the dirty worker's own log line for a stream"
+            " whose reader went away: it should equal the dropped count."
         )
     return "\n\n".join(parts) + "\n"
 
@@ -915,14 +934,14 @@ def plot(results: dict, out_dir: Path) -> None:
         ax.set_title(f"{results['meta']['together']} chats started together")
         ax.legend()
     ax = axes[1]
-    if shipped:
+    if shipped and shipped.get("solo"):
         points = [(1, shipped["solo"]["ttft"], shipped["solo"]["ttft"])]
         for n, run in shipped.get("sweep", {}).items():
             points.append((int(n), run["ttft_p50"], run["ttft_p95"]))
         for key in ("together", "health"):
             if key in shipped:
                 points.append((shipped[key]["streams"], shipped[key]["ttft_p50"], shipped[key]["ttft_p95"]))
-        points.sort()
+        points = sorted(p for p in points if None not in p)
         ax.plot([p[0] for p in points], [p[1] * 1000 for p in points], "o-", label="p50")
         ax.plot([p[0] for p in points], [p[2] * 1000 for p in points], "s--", label="p95")
         ax.axvline(shipped["dirty_workers"], color="grey", linestyle=":", label="dirty workers")

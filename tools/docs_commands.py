@@ -1,6 +1,6 @@
 """Find every shell command the tutorial shows, and run it: a page cannot show a command that does not work.
 
-The convention, in docs/**/*.md and the READMEs of steps 01-04:
+The convention, in docs/**/*.md and the steps' READMEs:
 
 - A command is a line ``$ command`` in a ```` ```console ```` block.
 - Its output, when the page shows one, is the very next line:
@@ -66,9 +66,9 @@ LOCAL_ADDRESS = re.compile(r"\b(127\.0\.0\.1:|0\.0\.0\.0:|localhost:|PORT=)(8000
 
 
 def sources(root: Path = ROOT) -> list[Path]:
-    """The files whose commands are checked: the site, and the READMEs of steps 01-04."""
+    """The files whose commands are checked: the site, and the steps' READMEs."""
     pages = sorted(p for p in (root / "docs").rglob("*.md") if "generated" not in p.relative_to(root).parts)
-    return pages + sorted(root.glob("steps/0[1-4]_*/README.md"))
+    return pages + sorted(root.glob("steps/*/README.md"))
 
 
 @dataclass(frozen=True)
@@ -355,15 +355,29 @@ def repository_files(root: Path = ROOT, tracked_only: bool = False) -> list[str]
 
 
 def make_sandbox(dest: Path, root: Path = ROOT, tracked_only: bool = False) -> Path:
-    """Copy the repository into `dest` (times kept, so make sees the environment as
-    up to date) and share its .venv: commands there cannot touch the real checkout."""
+    """A copy of the repository in `dest` that shares its .venv: commands there cannot
+    touch the real checkout. With `tracked_only`, the last commit (git archive),
+    as CI sees it; otherwise the files of the working tree, as a learner has them."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in repository_files(root, tracked_only):
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root / name, target)
+    if tracked_only:
+        archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=root,
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    else:
+        for name in repository_files(root):
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, target)
+    ready = root / ".venv" / ".ready"
     if (root / ".venv").exists():
         (dest / ".venv").symlink_to(root / ".venv")
+    if ready.exists():
+        # make rebuilds the environment when the lock file is newer than it: never
+        # from a sandbox, whose .venv is the real one.
+        for lock in ("requirements.txt", "requirements.in"):
+            if (dest / lock).exists():
+                stamp = min((dest / lock).stat().st_mtime, ready.stat().st_mtime - 1)
+                os.utime(dest / lock, (stamp, stamp))
     return dest
 
 

@@ -39,8 +39,10 @@ class Place:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + give_up_after
         while not self.running:
-            yield self.position
+            # Cleared before the yield: the client hears its position while
+            # turn() is paused there, and a move meanwhile must still count.
             self.moved.clear()
+            yield self.position
             left = deadline - loop.time()
             try:
                 await asyncio.wait_for(self.moved.wait(), min(update_every, left))

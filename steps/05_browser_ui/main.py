@@ -1,5 +1,6 @@
 """Step 05: a chat page in the browser, served by the same app at GET /."""
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
@@ -133,11 +134,21 @@ async def place_in_line():
 Line = Annotated[Place, Depends(place_in_line)]
 
 
-def dirty_client() -> DirtyClient:
-    # One client per request, closed on the way out: the shared client of
-    # get_dirty_client_async() would leave a socket open after every request,
-    # and could hand this stream the leftovers of another.
-    return DirtyClient(get_dirty_socket_path(), timeout=ANSWER_TIMEOUT)
+async def dirty_client() -> AsyncIterator[DirtyClient]:
+    """One client per request, closed when the request is over.
+
+    The shared client of get_dirty_client_async() would leave a socket open
+    after every request, and could hand a stream the leftovers of another.
+    A dependency, not an `async with` in the endpoint: a stream's generator
+    may be left paused when its client hangs up, but FastAPI always tears
+    down a request's dependencies, and closing the socket is what stops the
+    dirty worker.
+    """
+    async with DirtyClient(get_dirty_socket_path(), timeout=ANSWER_TIMEOUT) as client:
+        yield client
+
+
+Dirty = Annotated[DirtyClient, Depends(dirty_client)]
 
 
 def error_event(exc: Exception) -> dict:
@@ -156,11 +167,10 @@ def error_event(exc: Exception) -> dict:
     dependencies=[Depends(require_json)],
     max_body_size=MAX_BODY_BYTES,
 )
-async def chat_sync(request: ChatRequest, place: Line):
+async def chat_sync(request: ChatRequest, place: Line, client: Dirty):
     await place.wait_turn(MAX_WAIT)
-    async with dirty_client() as client:
-        events = client.stream_async(CHAT_APP, "stream", request.prompt, request.thinking)
-        tokens = [event["token"] async for event in events]
+    events = client.stream_async(CHAT_APP, "stream", request.prompt, request.thinking)
+    tokens = [event["token"] async for event in events]
     return ChatResponse(response="".join(tokens))
 
 
@@ -170,15 +180,14 @@ async def chat_sync(request: ChatRequest, place: Line):
     dependencies=[Depends(require_json)],
     max_body_size=MAX_BODY_BYTES,
 )
-async def chat(request: ChatRequest, place: Line):
+async def chat(request: ChatRequest, place: Line, client: Dirty):
     try:
         # Tell a waiting client where it stands, rather than leave it staring.
         async for position in place.turn(WAIT_UPDATE, MAX_WAIT):
             yield {"token": "", "waiting": position}
-        async with dirty_client() as client:
-            # Each event says its phase, so a client can show thinking apart.
-            async for event in client.stream_async(CHAT_APP, "stream", request.prompt, request.thinking):
-                yield event
+        # Each event says its phase, so a client can show thinking apart.
+        async for event in client.stream_async(CHAT_APP, "stream", request.prompt, request.thinking):
+            yield event
     except (DirtyError, Busy) as exc:
         # The stream has started, so a failure can only be told in the stream.
         yield error_event(exc)
