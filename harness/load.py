@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from harness.server import memory_kib, socket_count
+from harness.server import AUTH, memory_kib, socket_count
 from harness.sse import ChatStream, Event, stream_chat
 
 COMPLETE = "complete"
@@ -109,7 +109,7 @@ def fire(
 
     def run(shot: Shot) -> None:
         payload = body(shot.index) if body else {"prompt": prompt}
-        with httpx.Client(base_url=base_url, timeout=timeout) as http:
+        with httpx.Client(base_url=base_url, timeout=timeout, headers=AUTH) as http:
             ready.wait()
             try:
                 shot.result = stream_chat(http, prompt, json_body=payload)
@@ -153,7 +153,7 @@ class WatchedChat:
 
     def _run(self) -> None:
         try:
-            with httpx.Client(base_url=self.base_url, timeout=self.timeout) as http:
+            with httpx.Client(base_url=self.base_url, timeout=self.timeout, headers=AUTH) as http:
                 started = time.monotonic()
                 with http.stream("POST", "/chat", json=self.body) as response:
                     result = ChatStream(response.status_code, response.headers, started)

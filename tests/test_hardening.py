@@ -26,7 +26,7 @@ import pytest
 from test_api import BAD_REQUESTS, JSON
 
 from harness.load import COMPLETE, FAILED, WatchedChat, classify
-from harness.server import DIRTY_READY, memory_kib, process_tree, run_in_fresh_loop, socket_count
+from harness.server import AUTH, DIRTY_READY, memory_kib, process_tree, run_in_fresh_loop, socket_count
 from harness.sse import ChatStream, stream_chat
 
 ONE_WORKER = {"env": {"DIRTY_WORKERS": "1"}, "dirty_workers": 1}
@@ -48,7 +48,7 @@ def small_server(step, servers, request):
 
 @pytest.fixture
 def http(small_server):
-    with httpx.Client(base_url=small_server.base_url, timeout=READ_TIMEOUT) as client:
+    with httpx.Client(base_url=small_server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as client:
         yield client
 
 
@@ -202,7 +202,7 @@ def test_a_killed_dirty_worker_ends_the_stream_with_an_error(step, start, step_m
     # The arbiter replaces the worker, and the next chat is whole.
     replacements = poll(lambda: dirty_worker_pids(server) - {victim}, timeout=10)
     assert replacements and victim not in dirty_worker_pids(server)
-    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT) as http:
+    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
         after = stream_chat(http, "hello")
     assert classify(after) == COMPLETE
     assert after.text == chat_app.GREETING
@@ -223,7 +223,7 @@ def test_a_killed_dirty_worker_fails_a_sync_chat_cleanly(step, start, step_modul
     outcome = {}
 
     def ask():
-        with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT) as http:
+        with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
             outcome["response"] = http.post("/chat/sync", json={"prompt": "explain"})
 
     asker = threading.Thread(target=ask, daemon=True)
@@ -238,7 +238,7 @@ def test_a_killed_dirty_worker_fails_a_sync_chat_cleanly(step, start, step_modul
     assert "unavailable" in response.json()["detail"]
     replacements = poll(lambda: dirty_worker_pids(server) - {victim}, timeout=10)
     assert replacements
-    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT) as http:
+    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
         after = http.post("/chat/sync", json={"prompt": "hello"})
     assert after.status_code == 200 and after.json()["response"] == chat_app.GREETING
 
@@ -265,7 +265,7 @@ STUCK_WORKER_KEPT = (
 @pytest.mark.since("03")
 def test_a_silent_model_ends_the_stream_with_a_timeout(step, start_faulty):
     server = start_faulty("stall:3", **SILENT_MODEL)
-    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT) as http:
+    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
         result = stream_chat(http, "explain")
         assert classify(result) == FAILED, result.body[-300:]
         assert len(result.token_events) == 3
@@ -282,7 +282,7 @@ def test_a_silent_model_ends_the_stream_with_a_timeout(step, start_faulty):
 def test_a_silent_model_times_out_a_sync_chat(step, start_faulty):
     args = [*SILENT_MODEL["args"], "--dirty-workers", "1"]
     server = start_faulty("stall:3", **{**SILENT_MODEL, "args": args})
-    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT) as http:
+    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
         sent = time.monotonic()
         response = http.post("/chat/sync", json={"prompt": "explain"})
         waited = time.monotonic() - sent
@@ -299,7 +299,7 @@ def test_a_silent_model_times_out_a_sync_chat(step, start_faulty):
 def test_a_silent_model_is_replaced(step, start_faulty):
     server = start_faulty("stall:3", **SILENT_MODEL)
     (stuck,) = dirty_worker_pids(server)
-    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT) as http:
+    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
         first = stream_chat(http, "explain")
         assert first.errors[0]["type"] == "timeout"
         # No request meanwhile: each one would count as a sign of life.
@@ -331,7 +331,7 @@ def test_hang_ups_stop_the_model_and_leave_nothing_behind(step, start, step_modu
     # Finishing a dropped answer, even at the fastest pace, would take this long.
     remaining = (len(chat_app.split_tokens(chat_app.EXPLAIN)) - 1) * chat_app.WORD_DELAY[0]
     headers = {"Connection": "close"}
-    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=headers) as http:
+    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers={**AUTH, **headers}) as http:
         for _ in range(WARM_UP_DROPS):
             stream_chat(http, "explain", stop_after_tokens=1)
         # A whole answer leaves the arbiter's connection to the worker open, as at the end.
@@ -414,7 +414,11 @@ def hang_up_closes_the_dirty_client(step_module, monkeypatch, backpressure: bool
             "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
             "scheme": "http", "path": "/chat", "raw_path": b"/chat", "query_string": b"",
             "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"authorization", AUTH["Authorization"].encode()),
+            ],
             "state": {},
         }
         incoming = [{"type": "http.request", "body": body, "more_body": False}]

@@ -33,7 +33,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.load import COMPLETE, ProtocolViolation, Sample, Tally, classify, fire, sample  # noqa: E402
-from harness.server import ServerError, find_step, socket_count, start_server, step_dirs  # noqa: E402
+from harness.server import AUTH, ServerError, find_step, socket_count, start_server, step_dirs  # noqa: E402
 from harness.sse import stream_chat  # noqa: E402
 from tools.run import LAST_CORE_STEP  # noqa: E402
 
@@ -66,7 +66,7 @@ def flat(values: list[float], tolerance: float) -> tuple[bool, float, float]:
 
 def client_loop(base_url: str, number: int, chat_app, thinking_ok: bool, until: float, tally: Tally):
     prompts = itertools.cycle(PROMPTS[number % len(PROMPTS):] + PROMPTS[: number % len(PROMPTS)])
-    with httpx.Client(base_url=base_url, timeout=READ_TIMEOUT) as http:
+    with httpx.Client(base_url=base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
         for round_number in itertools.count():
             if time.monotonic() >= until:
                 return
