@@ -55,8 +55,8 @@ logconfig_dict = {
 # prometheus_client's multiprocess mode: every worker writes its samples in
 # this directory, which must be empty when the server starts. Unless one is
 # given, a fresh one is made here and removed on exit.
-OWN_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
-if OWN_METRICS_DIR:
+_own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if _own_metrics_dir:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chat-metrics-")
 
 
@@ -68,5 +68,5 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    if OWN_METRICS_DIR:
+    if _own_metrics_dir:
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
