@@ -10,15 +10,17 @@ Scenarios, every chat with the same prompt so that durations compare:
 
 - solo: one chat on an idle server (the yardstick for durations);
 - together: 32 chats started at once, while a separate process polls /health;
-- sweep (shipped config): 8, 16 and 64 chats at once;
+- sweep (shipped config): 8 and 16 chats at once, and 64 while /health is polled;
 - burst: 4x as many chats as dirty workers, each outcome classified;
 - drop (1 dirty worker): first token of the next chat after a hang-up;
 - sockets (shipped config): 1,000 chats, half dropped mid-stream, then the
   server's socket count must come back to its idle value.
 
-Settings come from the environment: REPEAT=5 (target scenarios, default 3),
-BENCH_QUICK=1 (a one-minute smoke run), BENCH_STEP=04 (another step folder or
-any path), BENCH_OUT=dir (somewhere else than docs/generated/bench).
+The shipped config's scenarios run REPEAT times and report medians; the other
+configs run once. Settings come from the environment (or the same options on
+the command line): REPEAT=5 (default 3), BENCH_QUICK=1 (a one-minute smoke
+run), BENCH_STEP=04 (another step, or any folder), BENCH_OUT=dir (instead of
+docs/generated/bench), BENCH_CLIENT=httpx (to compare with the default client).
 """
 
 from __future__ import annotations
@@ -946,6 +948,7 @@ def plot(results: dict, out_dir: Path) -> None:
         ax.plot([p[0] for p in points], [p[2] * 1000 for p in points], "s--", label="p95")
         ax.axvline(shipped["dirty_workers"], color="grey", linestyle=":", label="dirty workers")
         ax.set_xscale("log", base=2)
+        ax.set_xticks([p[0] for p in points], [str(p[0]) for p in points])
         ax.set_yscale("log")
         ax.set_xlabel("chats at once")
         ax.set_ylabel("time to first token (ms)")
@@ -1034,11 +1037,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--configs", help="dirty worker counts, e.g. 1,8,shipped (default 1,2,4,8,shipped)")
     parser.add_argument("--scenarios", help="a subset of together,sweep,health,burst,drop,sockets")
     parser.add_argument("--client", choices=sorted(CLIENTS), default=os.environ.get("BENCH_CLIENT", "raw"))
+    parser.add_argument("--render", action="store_true",
+                        help="only redo table.md and the plots from the results.json already in --out")
     parser.add_argument("--health-probe", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--interval", type=float, default=0.02, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.health_probe:
         health_probe(args.health_probe, args.interval)
+        return 0
+    if args.render:
+        out_dir = Path(args.out).resolve() if args.out else OUT_DIR
+        print(write_outputs(json.loads((out_dir / "results.json").read_text()), out_dir))
         return 0
     opts = options_from(args)
     print(f"Benchmarking {opts.step_dir.name}: dirty workers {opts.configs}, shipped {opts.default_workers}, "
