@@ -100,9 +100,9 @@ def main(argv: list[str]) -> int:
         finally:
             for server in servers.values():
                 server.stop()
-    for path in orphans(pages):
-        print(f"removed {path.relative_to(ROOT)}: no page shows it any more")
-        path.unlink()
+    # Read the pages again: they may have changed while the commands ran.
+    for path in orphans(all_pages()):
+        print(f"no page shows {path.relative_to(ROOT)} any more: remove it (git rm) if that is right")
     for outcome in failed:
         print("FAILED " + outcome.report(), file=sys.stderr)
     print(f"{written} outputs written, {len(failed)} commands failed")

@@ -9,7 +9,8 @@
   ``assets/generated/NAME.png`` that ``make screenshots`` takes of the real app,
   or a note saying it has not been taken yet.
 - ``<!-- bench-table -->`` includes ``docs/generated/bench/table.md`` (written by
-  the benchmark) with snippets, or says how to produce it.
+  ``make bench``) with snippets, and its charts if they are there, or says how
+  to produce them.
 - ``<!-- notebooks -->`` lists the notebooks of ``notebooks/``, which this hook
   adds to the site for mkdocs-jupyter to render (without running them).
 """
@@ -175,9 +176,20 @@ def screenshot(page_uri: str, name: str, alt: str, folder: Path | None = None) -
     )
 
 
-def bench_table(path: Path = BENCH_TABLE, root: Path = ROOT) -> str:
+BENCH_CHARTS = {
+    "ttft_by_workers.png": "Time to first token as the number of dirty workers grows",
+    "burst.png": "What became of each chat in a burst, by number of dirty workers",
+}
+
+
+def bench_table(path: Path = BENCH_TABLE, root: Path = ROOT, page_uri: str = "concepts/capacity.md") -> str:
     if path.is_file():
-        return f'--8<-- "{path.relative_to(root).as_posix()}"\n'
+        parts = [f'--8<-- "{path.relative_to(root).as_posix()}"\n']
+        for name, alt in BENCH_CHARTS.items():
+            if (path.parent / name).is_file():
+                target = relative_to_page(page_uri, f"generated/bench/{name}")
+                parts.append(f"\n![{alt}]({target})\n")
+        return "".join(parts)
     return (
         '!!! info "No measurements yet"\n'
         "    The benchmark writes its table to `docs/generated/bench/table.md`;\n"
@@ -257,7 +269,7 @@ def on_page_markdown(markdown, page, config, files):
             log.warning(problem)
         markdown = SETTINGS_TABLE.sub(lambda m: settings_table(per_step), markdown)
     markdown = SCREENSHOT.sub(lambda m: screenshot(uri, m.group(1), m.group(2)), markdown)
-    markdown = BENCH.sub(lambda m: bench_table(), markdown)
+    markdown = BENCH.sub(lambda m: bench_table(page_uri=uri), markdown)
     return NOTEBOOK_LIST.sub(lambda m: notebook_list(uri), markdown)
 
 
