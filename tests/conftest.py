@@ -182,9 +182,14 @@ def step_module(step, monkeypatch):
             monkeypatch.delitem(sys.modules, module, raising=False)
         return importlib.import_module(name)
 
+    # Importing a step's config may set environment variables (step 06 sets
+    # PROMETHEUS_MULTIPROC_DIR): servers started later must not inherit them.
+    environment = dict(os.environ)
     yield _load
     for module in ("main", "chat_app", "gunicorn_conf"):
         sys.modules.pop(module, None)
+    os.environ.clear()
+    os.environ.update(environment)
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
 """`make bench` cannot rot: its pure functions, and one tiny run against a live server."""
 
-import asyncio
 import json
 
 import httpx
 import pytest
 
+from harness.server import run_in_fresh_loop
 from harness.sse import Event
 from tools import bench
 
@@ -124,7 +124,7 @@ def test_a_tiny_run_end_to_end(tmp_path):
     step_dir = bench.final_step()
     opts = bench.Options(step_dir=step_dir, configs=[2], default_workers=2, repeat=1, together=2,
                          scenarios=frozenset({"together"}), prompt="hello", out_dir=tmp_path)
-    results = bench.rounded(asyncio.run(bench.run_bench(opts, log=lambda line: None)))
+    results = bench.rounded(run_in_fresh_loop(bench.run_bench(opts, log=lambda line: None)))
     bench.write_outputs(results, tmp_path)
     together = results["configs"][0]["together"]
     assert together["complete"] == together["streams"] == 2

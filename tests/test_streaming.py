@@ -114,3 +114,18 @@ def test_model_error_mid_stream_becomes_an_error_event(step, start_faulty):
         assert response.status_code == 503
         assert "model" in response.json()["detail"]
         assert http.get("/health").status_code == 200
+
+
+def test_error_events_name_their_kind(step, step_module):
+    """What a client reads when a stream fails: busy, timeout or model_error.
+
+    The busy kind comes from a wait in line longer than MAX_WAIT (30 s), too
+    long for a live test; the line itself is tested in test_capacity.py.
+    """
+    main = step_module("main")
+    from gunicorn.dirty import DirtyAppError, DirtyTimeoutError
+
+    busy = main.error_event(main.Busy("waited 30 s for a free model worker", 10))
+    assert busy == {"error": {"message": "waited 30 s for a free model worker", "type": "busy"}}
+    assert main.error_event(DirtyTimeoutError("Worker timeout", 10))["error"]["type"] == "timeout"
+    assert main.error_event(DirtyAppError("boom"))["error"]["type"] == "model_error"
