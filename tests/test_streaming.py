@@ -1,12 +1,15 @@
 """The SSE wire protocol of POST /chat (step 03 on)."""
 
+import importlib
 import json
+import os
 import re
+import sys
 
 import httpx
 import pytest
 
-from harness.server import AUTH
+from harness.server import AUTH, step_dirs
 from harness.sse import stream_chat
 
 pytestmark = pytest.mark.since("03")
@@ -116,16 +119,34 @@ def test_model_error_mid_stream_becomes_an_error_event(step, start_faulty):
         assert http.get("/health").status_code == 200
 
 
-def test_error_events_name_their_kind(step, step_module):
+
+def test_error_events_name_their_kind(monkeypatch):
     """What a client reads when a stream fails: busy, timeout or model_error.
 
     The busy kind comes from a wait in line longer than MAX_WAIT (30 s), too
-    long for a live test; the line itself is tested in test_capacity.py.
+    long for a live test; the line itself is tested in test_capacity.py. One
+    test over every streaming step, so that each step's `make test` output
+    (shown on its docs page) keeps its count.
     """
-    main = step_module("main")
     from gunicorn.dirty import DirtyAppError, DirtyTimeoutError
 
-    busy = main.error_event(main.Busy("waited 30 s for a free model worker", 10))
-    assert busy == {"error": {"message": "waited 30 s for a free model worker", "type": "busy"}}
-    assert main.error_event(DirtyTimeoutError("Worker timeout", 10))["error"]["type"] == "timeout"
-    assert main.error_event(DirtyAppError("boom"))["error"]["type"] == "model_error"
+    environment = dict(os.environ)
+    streaming_steps = [path for path in step_dirs() if int(path.name[:2]) >= 3]
+    assert streaming_steps
+    try:
+        for path in streaming_steps:
+            with monkeypatch.context() as patch:
+                patch.syspath_prepend(str(path))
+                for module in ("main", "chat_app", "gunicorn_conf"):
+                    patch.delitem(sys.modules, module, raising=False)
+                main = importlib.import_module("main")
+                busy = main.error_event(main.Busy("waited 30 s for a free model worker", 10))
+                assert busy == {"error": {"message": "waited 30 s for a free model worker", "type": "busy"}}
+                assert main.error_event(DirtyTimeoutError("Worker timeout", 10))["error"]["type"] == "timeout"
+                assert main.error_event(DirtyAppError("boom"))["error"]["type"] == "model_error"
+            for module in ("main", "chat_app", "gunicorn_conf"):
+                sys.modules.pop(module, None)
+    finally:
+        # Step 06's config sets PROMETHEUS_MULTIPROC_DIR: later servers must not inherit it.
+        os.environ.clear()
+        os.environ.update(environment)
