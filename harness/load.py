@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from harness.server import AUTH, memory_kib, socket_count
-from harness.sse import ChatStream, Event, stream_chat
+from harness.sse import ChatStream, iter_events, stream_chat
 
 COMPLETE = "complete"
 REFUSED = "refused"
@@ -159,18 +159,11 @@ class WatchedChat:
                     result = ChatStream(response.status_code, response.headers, started)
                     with self._changed:
                         self.result = result
-                    buffer = b""
-                    for chunk in response.iter_raw():
-                        result.body += chunk
-                        buffer += chunk
-                        while b"\n\n" in buffer:
-                            raw, buffer = buffer.split(b"\n\n", 1)
-                            event = Event(raw.decode("utf-8"), time.monotonic())
-                            with self._changed:
-                                result.events.append(event)
-                                if not event.done and event.json().get("token"):
-                                    self._tokens += 1
-                                self._changed.notify_all()
+                    for event in iter_events(response, result):
+                        with self._changed:
+                            result.events.append(event)
+                            self._tokens += event.is_token
+                            self._changed.notify_all()
                     result.finished = time.monotonic()
         except Exception as exc:  # the test sees it through finish()
             self.exception = exc

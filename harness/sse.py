@@ -37,6 +37,11 @@ class Event:
     def json(self) -> dict:
         return json.loads(self.data)
 
+    @property
+    def is_token(self) -> bool:
+        """An event that carries a non-empty token (not [DONE], not a waiting event)."""
+        return not self.done and bool(self.json().get("token"))
+
 
 @dataclass
 class ChatStream:
@@ -60,7 +65,7 @@ class ChatStream:
 
     @property
     def token_events(self) -> list[Event]:
-        return [e for e in self.events if not e.done and e.json().get("token")]
+        return [e for e in self.events if e.is_token]
 
     @property
     def first_token_at(self) -> float | None:
@@ -74,6 +79,21 @@ class ChatStream:
     @property
     def ended_with_done(self) -> bool:
         return bool(self.events) and self.events[-1].done
+
+
+def iter_events(response: httpx.Response, result: ChatStream):
+    """Yield each event of an SSE response as soon as it is complete.
+
+    The raw bytes go to `result.body` as they arrive; an event may be split
+    between two reads, so the unfinished part waits for the rest.
+    """
+    buffer = b""
+    for chunk in response.iter_raw():
+        result.body += chunk
+        buffer += chunk
+        while b"\n\n" in buffer:
+            raw, buffer = buffer.split(b"\n\n", 1)
+            yield Event(raw.decode("utf-8"), time.monotonic())
 
 
 def stream_chat(
@@ -98,17 +118,10 @@ def stream_chat(
             result.body = response.read()
             result.finished = time.monotonic()
             return result
-        buffer = b""
         tokens = 0
-        for chunk in response.iter_raw():
-            result.body += chunk
-            buffer += chunk
-            while b"\n\n" in buffer:
-                raw, buffer = buffer.split(b"\n\n", 1)
-                event = Event(raw.decode("utf-8"), time.monotonic())
-                result.events.append(event)
-                if not event.done and event.json().get("token"):
-                    tokens += 1
+        for event in iter_events(response, result):
+            result.events.append(event)
+            tokens += event.is_token
             if stop_after_tokens is not None and tokens >= stop_after_tokens:
                 break
         result.finished = time.monotonic()
