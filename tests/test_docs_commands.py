@@ -183,3 +183,15 @@ def test_a_stream_is_compared_event_by_event(tmp_path):
     assert difference(command, shown, now) is None
     assert difference(command, shown, shown.replace("!", "?")) is not None
     assert difference(command, shown, shown.replace("data: [DONE]\n\n", "")) is not None
+
+
+def test_commands_run_as_in_a_fresh_shell_even_under_make(tmp_path, monkeypatch):
+    # `make test` exports MAKELEVEL and MAKEFLAGS; a nested make would then print
+    # "Entering directory" lines that a reader's terminal never shows.
+    monkeypatch.setenv("MAKELEVEL", "1")
+    monkeypatch.setenv("MAKEFLAGS", "w")
+    command = Command(tmp_path / "p.md", 1, "make -n diff STEP=02")
+    outcome = run_shell(command, make_sandbox(tmp_path / "repo"))
+    assert outcome.ok, outcome.output
+    assert "diff" in outcome.output
+    assert "Entering directory" not in outcome.output

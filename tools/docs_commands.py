@@ -232,6 +232,17 @@ def substitute(text: str, port: int) -> str:
     return LOCAL_ADDRESS.sub(lambda m: f"{m.group(1)}{port}", text)
 
 
+# A reader types the commands in a fresh shell. Under `make test` these variables
+# would make every nested make print "Entering directory" lines the pages do not show.
+MAKE_VARIABLES = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"}
+
+
+def reader_env(**extra: str) -> dict[str, str]:
+    """The environment of a reader's shell: ours without make's own variables, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in MAKE_VARIABLES}
+    return {**env, **extra}
+
+
 def _shell(text: str, cwd: Path, env: dict[str, str], timeout: float) -> tuple[int | None, str]:
     try:
         done = subprocess.run(["bash", "-c", text], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
@@ -244,7 +255,7 @@ def _shell(text: str, cwd: Path, env: dict[str, str], timeout: float) -> tuple[i
 
 def run_http(command: Command, base_url: str, cwd: Path = ROOT, timeout: float = 120) -> Outcome:
     port = int(base_url.rsplit(":", 1)[1])
-    code, output = _shell(command.text.replace(PAGE_URL, base_url), cwd, dict(os.environ), timeout)
+    code, output = _shell(command.text.replace(PAGE_URL, base_url), cwd, reader_env(), timeout)
     output = normalize(output, port)
     if code != 0:
         return Outcome(command, False, output, f"exited with {code} against {base_url}")
@@ -253,7 +264,7 @@ def run_http(command: Command, base_url: str, cwd: Path = ROOT, timeout: float =
 
 def run_shell(command: Command, sandbox: Path, timeout: float = 300) -> Outcome:
     port = free_port()
-    env = {**os.environ, "PORT": str(port)}
+    env = reader_env(PORT=str(port))
     code, output = _shell(substitute(command.text, port), sandbox, env, timeout)
     output = normalize(output, port, sandbox)
     if code != 0:
@@ -263,7 +274,7 @@ def run_shell(command: Command, sandbox: Path, timeout: float = 300) -> Outcome:
 
 def run_dry(command: Command, sandbox: Path) -> Outcome:
     dry = re.sub(r"\bmake ", "make -n ", command.text, count=1)
-    code, output = _shell(dry, sandbox, dict(os.environ), 60)
+    code, output = _shell(dry, sandbox, reader_env(), 60)
     if code != 0:
         return Outcome(command, False, output, f"`{dry}` exited with {code}")
     return Outcome(command, True, normalize(output, sandbox=sandbox))
@@ -294,8 +305,8 @@ def run_serve(command: Command, sandbox: Path, timeout: float = 120) -> Outcome:
     url = f"http://127.0.0.1:{port}/" if docs else f"http://127.0.0.1:{port}/health"
     # A process name of its own too: gunicorn 27 kills the dirty arbiter of
     # another server with the same name (a learner's `make run`, say).
-    env = {**os.environ, "PORT": str(port), "DOCS_PORT": str(port),
-           "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port} --name dirty-chat-docs-{port}"}
+    env = reader_env(PORT=str(port), DOCS_PORT=str(port),
+                     GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port} --name dirty-chat-docs-{port}")
     log_path = sandbox / f".serve-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(["bash", "-c", substitute(command.text, port)], cwd=sandbox, env=env,
