@@ -387,13 +387,9 @@ def hang_up_closes_the_dirty_client(step_module, monkeypatch, backpressure: bool
 
     class StandInDirtyClient:
         def __init__(self, socket_path, timeout):
-            pass
-
-        async def __aenter__(self):
             opened.append(self)
-            return self
 
-        async def __aexit__(self, *exc_info):
+        async def close_async(self):
             closed.append(self)
 
         def stream_async(self, app_path, action, *args):
