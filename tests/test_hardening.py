@@ -387,9 +387,13 @@ def hang_up_closes_the_dirty_client(step_module, monkeypatch, backpressure: bool
 
     class StandInDirtyClient:
         def __init__(self, socket_path, timeout):
-            opened.append(self)
+            pass
 
-        async def close_async(self):
+        async def __aenter__(self):
+            opened.append(self)
+            return self
+
+        async def __aexit__(self, *exc_info):
             closed.append(self)
 
         def stream_async(self, app_path, action, *args):

@@ -7,17 +7,15 @@ MAX_WAIT + ANSWER_TIMEOUT. The line's time-out path (MAX_WAIT, 30 s) is
 tested without a server in test_capacity.py.
 """
 
-import re
 import threading
 import time
-from typing import NamedTuple
 
 import httpx
 import pytest
 
 from harness.load import COMPLETE, FAILED, REFUSED, fire
-from harness.server import AUTH, LiveServer, socket_count
-from harness.sse import ChatStream, stream_chat
+from harness.server import AUTH
+from harness.sse import stream_chat
 
 pytestmark = pytest.mark.since("03")
 
@@ -34,28 +32,14 @@ def waiting_positions(result) -> list[int]:
     return [payload["waiting"] for payload in result.payloads if "waiting" in payload]
 
 
-class Burst(NamedTuple):
-    server: LiveServer
-    shots: list
-    # (sent, answered, status) of every /health probe.
-    probes: list[tuple[float, float, int]]
-    # One chat alone, just before the burst.
-    solo: ChatStream
-    # (when, count) of the dirty arbiter's sockets, from before the solo chat on.
-    arbiter_sockets: list[tuple[float, int]]
-
-
 @pytest.fixture(scope="module")
 def burst_run(step, servers):
-    """One chat alone, then BURST chats at once at a one-worker server,
-    probing /health and counting the dirty arbiter's sockets meanwhile.
+    """Fire BURST chats at once at a one-worker server, probing /health meanwhile.
 
     Once per step: every test below reads the same burst.
     """
     server = servers.start(step, **ONE_WORKER)
-    arbiter = int(re.search(r"Dirty arbiter starting \(pid: (\d+)\)", server.log()).group(1))
     probes: list[tuple[float, float, int]] = []
-    arbiter_sockets: list[tuple[float, int]] = []
     done = threading.Event()
 
     def probe_health():
@@ -64,34 +48,32 @@ def burst_run(step, servers):
                 sent = time.monotonic()
                 status = http.get("/health").status_code
                 probes.append((sent, time.monotonic(), status))
-                arbiter_sockets.append((time.monotonic(), socket_count([arbiter])))
                 # A steady trickle rather than a flood: two cores serve the burst too.
                 done.wait(0.05)
 
     prober = threading.Thread(target=probe_health, daemon=True)
     prober.start()
-    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
-        solo = stream_chat(http, "hello")
     shots = fire(server.base_url, BURST, "hello", timeout=READ_TIMEOUT)
     done.set()
     prober.join(READ_TIMEOUT)
-    yield Burst(server, shots, probes, solo, arbiter_sockets)
+    yield server, shots, probes
     server.stop()
 
 
 @pytest.fixture
 def burst(burst_run, request):
     # Show the server's log if the test fails.
-    request.node.live_servers = [burst_run.server]
+    request.node.live_servers = [burst_run[0]]
     return burst_run
 
 
 def test_every_chat_ends_in_one_of_the_three_ways(step, burst, step_module):
     main = step_module("main")
-    kinds = [shot.kind for shot in burst.shots]  # raises ProtocolViolation for anything else
+    _server, shots, _probes = burst
+    kinds = [shot.kind for shot in shots]  # raises ProtocolViolation for anything else
     assert set(kinds) <= {COMPLETE, REFUSED, FAILED}
     assert kinds.count(COMPLETE) >= 2 and kinds.count(REFUSED) >= 1, kinds
-    results = [shot.result for shot in burst.shots]
+    results = [shot.result for shot in shots]
     # Never a hang past the documented bound: the longest wait in line, then
     # the longest answer.
     longest = max(result.finished - result.started for result in results)
@@ -100,9 +82,10 @@ def test_every_chat_ends_in_one_of_the_three_ways(step, burst, step_module):
 
 def test_the_line_takes_exactly_its_size_and_refuses_the_rest_at_once(step, burst, step_module):
     main = step_module("main")
-    results = [shot.result for shot in burst.shots]
-    accepted = [result for shot, result in zip(burst.shots, results, strict=True) if shot.kind != REFUSED]
-    refused = [result for shot, result in zip(burst.shots, results, strict=True) if shot.kind == REFUSED]
+    _server, shots, _probes = burst
+    results = [shot.result for shot in shots]
+    accepted = [result for shot, result in zip(shots, results, strict=True) if shot.kind != REFUSED]
+    refused = [result for shot, result in zip(shots, results, strict=True) if shot.kind == REFUSED]
     first_done = min(result.finished for result in accepted)
     # The burst really was one: every chat was sent before the first answer ended...
     assert max(result.started for result in results) < first_done
@@ -118,7 +101,8 @@ def test_the_line_takes_exactly_its_size_and_refuses_the_rest_at_once(step, burs
 
 def test_waiting_clients_hear_where_they_stand(step, burst, step_module):
     main = step_module("main")
-    accepted = [shot.result for shot in burst.shots if shot.kind == COMPLETE]
+    _server, shots, _probes = burst
+    accepted = [shot.result for shot in shots if shot.kind == COMPLETE]
     running = [result for result in accepted if not waiting_positions(result)]
     queued = [result for result in accepted if waiting_positions(result)]
     assert len(running) == 1 and len(queued) == main.WAITING_PER_WORKER
@@ -139,32 +123,12 @@ def test_waiting_clients_hear_where_they_stand(step, burst, step_module):
         assert result.token_events[0].at > result.events[last_wait].at
 
 
-def test_those_in_line_hold_no_socket_to_the_dirty_arbiter(step, burst):
-    """A request opens its dirty client only when its turn comes: a waiting
-    line costs the arbiter nothing."""
-    accepted = [shot.result for shot in burst.shots if shot.kind == COMPLETE]
-    (first,) = [result for result in accepted if not waiting_positions(result)]
-    queued = [result for result in accepted if waiting_positions(result)]
-
-    def arbiter_sockets(start: float, end: float) -> set[int]:
-        counts = [count for at, count in burst.arbiter_sockets if start < at < end]
-        assert len(counts) >= 5, "too few samples to tell"
-        return set(counts)
-
-    solo = burst.solo
-    alone = arbiter_sockets(solo.token_events[0].at, solo.token_events[-1].at)
-    # While the first chat of the burst streams and the others have been told they wait...
-    start = max(first.token_events[0].at, *(result.events[0].at for result in queued))
-    in_line = arbiter_sockets(start, first.token_events[-1].at)
-    # ...the arbiter holds just what it holds for one chat alone.
-    assert len(alone) == 1 and in_line == alone, (alone, in_line)
-
-
 def test_the_line_is_first_come_first_served(step, burst):
     """Served in the order they joined the line: the server's own numbering
     (the first position each was told) is the arrival order; the clients'
     send times, all within a millisecond of each other, cannot tell it."""
-    accepted = [shot.result for shot in burst.shots if shot.kind == COMPLETE]
+    _server, shots, _probes = burst
+    accepted = [shot.result for shot in shots if shot.kind == COMPLETE]
     (first,) = [result for result in accepted if not waiting_positions(result)]
     queued = sorted(
         (result for result in accepted if waiting_positions(result)), key=lambda r: waiting_positions(r)[0]
@@ -179,10 +143,11 @@ def test_the_line_is_first_come_first_served(step, burst):
 
 
 def test_health_stays_fast_during_the_burst(step, burst):
-    streams = [shot.result for shot in burst.shots if shot.kind == COMPLETE]
+    _server, shots, probes = burst
+    streams = [shot.result for shot in shots if shot.kind == COMPLETE]
     last_done = max(result.finished for result in streams)
-    during = [probe for probe in burst.probes if probe[1] < last_done]
-    assert all(status == 200 for _sent, _answered, status in burst.probes)
+    during = [probe for probe in probes if probe[1] < last_done]
+    assert all(status == 200 for _sent, _answered, status in probes)
     # Many probes answered while the chats were still streaming...
     assert len(during) >= 10, len(during)
     # ...each in less time than the shortest answer took: none waited for one.
@@ -191,8 +156,9 @@ def test_health_stays_fast_during_the_burst(step, burst):
 
 
 def test_the_server_recovers_after_the_burst(step, burst, step_module):
-    assert all(shot.result is not None for shot in burst.shots)
-    with httpx.Client(base_url=burst.server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
+    server, shots, _probes = burst
+    assert all(shot.result is not None for shot in shots)
+    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
         result = stream_chat(http, "hello")
         assert http.get("/health").json() == {"status": "ok"}
     assert result.status == 200 and result.ended_with_done and not result.errors

@@ -137,14 +137,10 @@ async def dirty_client() -> AsyncIterator[DirtyClient]:
     A dependency, not an `async with` in the endpoint: a stream's generator
     may be left paused when its client hangs up, but FastAPI always tears
     down a request's dependencies, and closing the socket is what stops the
-    dirty worker. The client connects on first use, once the request's turn
-    has come, so a request waiting in line holds no socket to the arbiter.
+    dirty worker.
     """
-    client = DirtyClient(get_dirty_socket_path(), timeout=ANSWER_TIMEOUT)
-    try:
+    async with DirtyClient(get_dirty_socket_path(), timeout=ANSWER_TIMEOUT) as client:
         yield client
-    finally:
-        await client.close_async()
 
 
 Dirty = Annotated[DirtyClient, Depends(dirty_client)]
