@@ -101,6 +101,28 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def process_roles(master: int) -> dict[int, str]:
+    """Each process of the server tree: master, arbiter, http or dirty worker."""
+    parents = {}
+    for pid in process_tree(master):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+    has_children = set(parents.values())
+    roles = {}
+    for pid, ppid in parents.items():
+        if pid == master:
+            roles[pid] = "master"
+        elif ppid == master:
+            # The arbiter is the master's child that has children of its own.
+            roles[pid] = "arbiter" if pid in has_children else "http"
+        else:
+            roles[pid] = "dirty"
+    return roles
+
+
 def socket_count(pids: list[int]) -> int:
     """How many socket file descriptors these processes hold."""
     count = 0

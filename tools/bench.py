@@ -53,7 +53,7 @@ from harness import load as strict  # noqa: E402
 from harness.server import (  # noqa: E402
     LiveServer,
     find_step,
-    process_tree,
+    process_roles,
     socket_count,
     start_server,
     step_dirs,
@@ -372,28 +372,6 @@ async def watch_loop(stop: asyncio.Event, interval: float = 0.005) -> list[float
     return lags
 
 
-def tree_roles(master: int) -> dict[int, str]:
-    """Each process of the server tree: master, arbiter, http or dirty worker."""
-    parents = {}
-    for pid in process_tree(master):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
-    has_children = set(parents.values())
-    roles = {}
-    for pid, ppid in parents.items():
-        if pid == master:
-            roles[pid] = "master"
-        elif ppid == master:
-            # The arbiter is the master's child that has children of its own.
-            roles[pid] = "arbiter" if pid in has_children else "http"
-        else:
-            roles[pid] = "dirty"
-    return roles
-
-
 def cpu_seconds(pids: Iterable[int]) -> dict[int, float]:
     """User + system CPU seconds each process has used so far."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -441,7 +419,7 @@ def summarize(results: list[ChatResult], solo_duration: float | None = None) -> 
 async def load(server: LiveServer, count: int, opts: Options, solo_duration: float | None,
                *, health: bool = True) -> dict:
     """`count` chats started at once; /health polled meanwhile; the tree sampled."""
-    roles = tree_roles(server.pid)
+    roles = process_roles(server.pid)
     cpu_before, client_before = cpu_seconds(roles), time.process_time()
     probe = await HealthProbe.start(server.base_url) if health else None
     stop = asyncio.Event()
