@@ -120,6 +120,23 @@ def test_the_table_says_how_it_was_made_and_what_it_found():
     assert "| 32 (shipped) | 128 | 120 | 8 | 0 | 0 | 0 |" in table
 
 
+
+def test_the_shipped_event_loop_is_compared_with_asyncio():
+    results = synthetic_results()
+    results["meta"]["asgi_loop"] = "uvloop"
+    shipped = results["configs"][0]
+    other = {key: value for key, value in shipped.items() if key not in ("burst", "sockets")}
+    other.update(label="32, asyncio loop", shipped=False, asgi_loop="asyncio",
+                 together={**shipped["together"], "ttft_p95": 0.15, "cpu_http": 1.6},
+                 health={**shipped["health"], "health_p99": 0.02})
+    results["configs"].append(other)
+    table = bench.render_markdown(results)
+    assert "| uvloop (shipped) | 140 ms | 12 ms | 12 ms | 30 % |" in table
+    assert "| asyncio | 150 ms | 12 ms | 20 ms | 40 % |" in table
+    assert "| 32, asyncio loop | 32/32 | 0 | 100 ms | 150 ms |" in table
+    # The targets are still judged from the shipped config alone.
+    assert bench.evaluate_targets(results["configs"]) == results["targets"]
+
 def test_a_tiny_run_end_to_end(tmp_path):
     step_dir = bench.final_step()
     opts = bench.Options(step_dir=step_dir, configs=[2], default_workers=2, repeat=1, together=2,
@@ -131,6 +148,8 @@ def test_a_tiny_run_end_to_end(tmp_path):
     assert together["cut_off"] == 0
     assert 0 < together["ttft_p50"] < together["slowest"]
     assert together["health_samples"] > 0 and together["pss"] > 0
+    # Some probes went out once both chats had heard from the server.
+    assert together["health_p99_all_started"] is not None
     assert {"cpu_http", "cpu_arbiter", "cpu_dirty", "loop_lag_max"} <= together.keys()
     assert json.loads((tmp_path / "results.json").read_text())["meta"]["step"] == step_dir.name
     assert "2 chats started together" in (tmp_path / "table.md").read_text()

@@ -14,7 +14,9 @@ Scenarios, every chat with the same prompt so that durations compare:
 - burst: 4x as many chats as dirty workers, each outcome classified;
 - drop (1 dirty worker): first token of the next chat after a hang-up;
 - sockets (shipped config): 1,000 chats, half dropped mid-stream, then the
-  server's socket count must come back to its idle value.
+  server's socket count must come back to its idle value;
+- loop: the shipped config again, its HTTP worker on asyncio's event loop
+  instead of the step's asgi_loop, for the together and 64-stream figures.
 
 The shipped config's scenarios run REPEAT times and report medians; the other
 configs run once. Settings come from the environment (or the same options on
@@ -88,6 +90,7 @@ class Options:
     step_dir: Path
     configs: list[int]
     default_workers: int
+    asgi_loop: str = "auto"
     repeat: int = 3
     quick: bool = False
     together: int = 32
@@ -96,7 +99,7 @@ class Options:
     burst_factor: int = 4
     drop_samples: int = 5
     socket_requests: int = 1000
-    scenarios: frozenset[str] = frozenset({"together", "sweep", "health", "burst", "drop", "sockets"})
+    scenarios: frozenset[str] = frozenset({"together", "sweep", "health", "burst", "drop", "sockets", "loop"})
     prompt: str = PROMPT
     client: str = "raw"
     out_dir: Path = OUT_DIR
@@ -312,6 +315,8 @@ def health_probe(url: str, interval: float) -> None:
     """
     parts = urlsplit(url)
     latencies: list[float] = []
+    # When each answered probe was sent, on the clock the chats are timed by.
+    sent: list[float] = []
     errors = 0
 
     def connect() -> http.client.HTTPConnection:
@@ -321,13 +326,14 @@ def health_probe(url: str, interval: float) -> None:
     print("ready", flush=True)
     started = time.process_time()
     while not select.select([sys.stdin], [], [], 0)[0]:
-        begin = time.perf_counter()
+        begin, begin_monotonic = time.perf_counter(), time.monotonic()
         try:
             conn.request("GET", "/health")
             response = conn.getresponse()
             response.read()
             if response.status == 200:
                 latencies.append(time.perf_counter() - begin)
+                sent.append(begin_monotonic)
             else:
                 errors += 1
         except (OSError, http.client.HTTPException):
@@ -336,7 +342,8 @@ def health_probe(url: str, interval: float) -> None:
             conn = connect()
         time.sleep(interval)
     conn.close()
-    print(json.dumps({"latencies": latencies, "errors": errors, "cpu": time.process_time() - started}))
+    print(json.dumps({"latencies": latencies, "sent": sent, "errors": errors,
+                      "cpu": time.process_time() - started}))
 
 
 class HealthProbe:
@@ -459,11 +466,17 @@ async def load(server: LiveServer, count: int, opts: Options, solo_duration: flo
         **{f"cpu_{role}": by_role.get(role, 0.0) for role in ("master", "http", "arbiter", "dirty")},
     )
     if health_data is not None:
+        # Once every chat has heard from the server (a word, or its place in
+        # line), the burst of arrivals is over: what remains is streaming.
+        all_started = max((r.events[0].at for r in results if r.events), default=started)
+        probes = zip(health_data["sent"], health_data["latencies"], strict=True)
+        streaming = [latency for at, latency in probes if at > all_started]
         summary.update(
             health_samples=len(health_data["latencies"]),
             health_errors=health_data["errors"],
             health_p50=percentile(health_data["latencies"], 50),
             health_p99=percentile(health_data["latencies"], 99),
+            health_p99_all_started=percentile(streaming, 99),
             health_max=max(health_data["latencies"], default=None),
             probe_cpu=health_data["cpu"],
         )
@@ -594,36 +607,45 @@ def final_step() -> Path:
     return [p for p in step_dirs() if int(p.name[:2]) <= LAST_CORE_STEP][-1]
 
 
-def shipped_workers(step_dir: Path) -> int:
-    """How many dirty workers the step's gunicorn_conf.py asks for, in this environment."""
+def shipped_setting(step_dir: Path, name: str) -> str:
+    """A setting of the step's gunicorn_conf.py, in this environment ("auto" for asgi_loop if unset)."""
     out = subprocess.run(
-        [sys.executable, "-c", "import gunicorn_conf; print(gunicorn_conf.dirty_workers)"],
+        [sys.executable, "-c", f"import gunicorn_conf; print(getattr(gunicorn_conf, {name!r}, 'auto'))"],
         cwd=step_dir, capture_output=True, text=True, check=True,
         env={**os.environ, "PYTHONPATH": str(step_dir)},
     )
-    return int(out.stdout.strip())
+    return out.stdout.strip()
 
 
-def config_label(workers: int, default: int) -> str:
+def config_label(workers: int, default: int, loop: str | None = None) -> str:
+    if loop:
+        return f"{workers}, {loop} loop"
     return f"{workers} (shipped)" if workers == default else str(workers)
 
 
-async def run_config(workers: int, opts: Options, log: Callable[[str], None]) -> dict:
-    """Every scenario that applies to one configuration, on one fresh server."""
-    default = workers == opts.default_workers
-    result: dict = {"dirty_workers": workers, "label": config_label(workers, opts.default_workers),
-                    "shipped": default}
+async def run_config(
+    workers: int, opts: Options, log: Callable[[str], None], loop: str | None = None
+) -> dict:
+    """Every scenario that applies to one configuration, on one fresh server.
+
+    `loop` overrides the step's asgi_loop: that variant only runs the figures
+    the event loop affects (together and the 64 streams with /health).
+    """
+    default = workers == opts.default_workers and loop is None
+    result: dict = {"dirty_workers": workers, "label": config_label(workers, opts.default_workers, loop),
+                    "shipped": default, "asgi_loop": loop}
     log(f"[{result['label']}] starting a server with DIRTY_WORKERS={workers}")
     server = await asyncio.to_thread(
         start_server, opts.step_dir, env={"DIRTY_WORKERS": str(workers)}, dirty_workers=workers,
-        log_dir=LOG_DIR,
+        log_dir=LOG_DIR, args=("--asgi-loop", loop) if loop else (),
     )
     try:
         result["idle"] = await asyncio.to_thread(tree_sample, server)
         await warm_up(server, workers, opts)
         result["idle_after_warm_up"] = await asyncio.to_thread(tree_sample, server)
-        # The targets concern the shipped config: only its figures are repeated.
-        repeat = opts.repeat if default else 1
+        # The targets concern the shipped config: only its figures (and those
+        # it is compared with on another loop) are repeated.
+        repeat = opts.repeat if default or loop else 1
         solo_duration = None
         if opts.scenarios & {"together", "sweep", "health", "burst"}:
             log(f"[{result['label']}] solo x{repeat}")
@@ -643,13 +665,13 @@ async def run_config(workers: int, opts: Options, log: Callable[[str], None]) ->
                     log(f"[{result['label']}] sweep: {count} chats together, run {i + 1}/{opts.repeat}")
                     runs.append(await load(server, count, opts, solo_duration))
                 result["sweep"][str(count)] = {"runs": runs, **medians(runs)}
-        if default and "health" in opts.scenarios:
+        if (default or loop) and "health" in opts.scenarios:
             runs = []
             for i in range(opts.repeat):
                 log(f"[{result['label']}] {opts.health_streams} streams + /health, run {i + 1}/{opts.repeat}")
                 runs.append(await load(server, opts.health_streams, opts, solo_duration))
             result["health"] = {"runs": runs, **medians(runs)}
-        if "burst" in opts.scenarios:
+        if "burst" in opts.scenarios and not loop:
             count = opts.burst_factor * workers
             log(f"[{result['label']}] burst of {count} chats ({opts.burst_factor}x capacity)")
             result["burst"] = await load(server, count, opts, solo_duration, health=False)
@@ -675,6 +697,8 @@ async def run_bench(opts: Options, log: Callable[[str], None] = print) -> dict:
     configs = []
     for workers in opts.configs:
         configs.append(await run_config(workers, opts, stamped))
+    if "loop" in opts.scenarios and opts.default_workers in opts.configs:
+        configs.append(await run_config(opts.default_workers, opts, stamped, loop="asyncio"))
     # The drop scenario needs one dirty worker: a run without that config gets its own.
     if "drop" in opts.scenarios and not any("drop" in c for c in configs):
         helper = await run_config(1, replace(opts, scenarios=frozenset({"drop"})), stamped)
@@ -697,6 +721,7 @@ def metadata(opts: Options, seconds: float) -> dict:
         "gunicorn": gunicorn.__version__,
         "step": opts.step_dir.name,
         "shipped_dirty_workers": opts.default_workers,
+        "asgi_loop": opts.asgi_loop,
         "configs": opts.configs,
         "prompt": opts.prompt,
         "client": opts.client,
@@ -826,11 +851,15 @@ def render_markdown(results: dict) -> str:
             points.append((str(shipped["health"]["streams"]), shipped["health"]))
         points.sort(key=lambda p: int(str(p[0]).split()[0]))
         rows = [[str(n), ms(p["ttft_p50"]), ms(p["ttft_p95"]), times(p["slowest_over_solo"]),
-                 ms(p.get("health_p99")), ms(p.get("loop_lag_max"))] for n, p in points]
+                 ms(p.get("health_p99")), ms(p.get("health_p99_all_started")), ms(p.get("loop_lag_max"))]
+                for n, p in points]
         parts.append(
             f"### Concurrency, {shipped['label']} dirty workers\n\n"
             + md_table(["chats at once", "TTFT p50", "TTFT p95", "slowest / solo", "/health p99",
-                        "client loop lag max"], rows)
+                        "/health p99 once all have started", "client loop lag max"], rows)
+            + "\n\nThe /health column counts every probe from the moment the chats are sent;"
+            " the next one only those sent once every chat has heard from the server (its first"
+            " word or its place in line), when the burst of arrivals is over."
         )
     if shipped and "together" in shipped:
         t = shipped["together"]
@@ -845,6 +874,20 @@ def render_markdown(results: dict) -> str:
             + md_table(["processes", f"CPU in {t['wall']:.1f} s", f"of {meta['cores']} cores"], rows)
             + f"\n\nThe bench client's event loop woke up to {ms(t['loop_lag_max'])} late"
             f" (p99 {ms(t['loop_lag_p99'])}): its share of any delay above."
+        )
+    other_loops = [c for c in configs if c.get("asgi_loop") and "together" in c]
+    if shipped and "together" in shipped and other_loops:
+        rows = [[f"{meta.get('asgi_loop', 'auto')} (shipped)" if c["shipped"] else c["asgi_loop"],
+                 ms(c["together"]["ttft_p95"]), ms(c["together"].get("health_p99")),
+                 ms(c.get("health", {}).get("health_p99")),
+                 f"{100 * c['together']['cpu_http'] / c['together']['wall']:.0f} %"]
+                for c in [shipped, *other_loops]]
+        parts.append(
+            f"### The HTTP worker's event loop, {shipped['label']} dirty workers\n\n"
+            + md_table(["asgi_loop", f"TTFT p95, {meta['together']} together",
+                        f"/health p99, {meta['together']} streams",
+                        f"/health p99, {shipped.get('health', {}).get('streams', '–')} streams",
+                        f"HTTP worker CPU, {meta['together']} streams (of one core)"], rows)
         )
     bursts = [c for c in configs if "burst" in c]
     if bursts:
@@ -897,7 +940,7 @@ def plot(results: dict, out_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    configs = [c for c in results["configs"] if "together" in c]
+    configs = [c for c in results["configs"] if "together" in c and not c.get("asgi_loop")]
     shipped = next((c for c in results["configs"] if c["shipped"]), None)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     ax = axes[0]
@@ -986,7 +1029,7 @@ def rounded(data):
 def options_from(args: argparse.Namespace) -> Options:
     step_dir = Path(args.step).resolve() if args.step and Path(args.step).is_dir() else (
         find_step(args.step) if args.step else final_step())
-    default = shipped_workers(step_dir)
+    default = int(shipped_setting(step_dir, "dirty_workers"))
     quick = args.quick
     if args.configs:
         configs = [default if c == "shipped" else int(c) for c in args.configs.split(",")]
@@ -995,10 +1038,12 @@ def options_from(args: argparse.Namespace) -> Options:
         configs = [default] if quick else [1, 2, 4, 8, default]
     configs = sorted(set(configs))
     opts = Options(step_dir=step_dir, configs=configs, default_workers=default,
+                   asgi_loop=shipped_setting(step_dir, "asgi_loop"),
                    repeat=args.repeat or (1 if quick else 3), quick=quick,
                    out_dir=Path(args.out).resolve() if args.out else OUT_DIR)
     if quick:
-        opts = replace(opts, sweep=(), socket_requests=100, drop_samples=3)
+        opts = replace(opts, sweep=(), socket_requests=100, drop_samples=3,
+                       scenarios=opts.scenarios - {"loop"})
     opts = replace(opts, client=args.client)
     if args.scenarios:
         opts = replace(opts, scenarios=frozenset(args.scenarios.split(",")))
@@ -1013,7 +1058,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--step", default=os.environ.get("BENCH_STEP", ""))
     parser.add_argument("--out", default=os.environ.get("BENCH_OUT", ""))
     parser.add_argument("--configs", help="dirty worker counts, e.g. 1,8,shipped (default 1,2,4,8,shipped)")
-    parser.add_argument("--scenarios", help="a subset of together,sweep,health,burst,drop,sockets")
+    parser.add_argument("--scenarios", help="a subset of together,sweep,health,burst,drop,sockets,loop")
     parser.add_argument("--client", choices=sorted(CLIENTS), default=os.environ.get("BENCH_CLIENT", "raw"))
     parser.add_argument("--render", action="store_true",
                         help="only redo table.md and the plots from the results.json already in --out")
