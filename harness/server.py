@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import importlib
 import os
 import re
 import signal
@@ -14,8 +16,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS_DIR = ROOT / "steps"
@@ -44,6 +48,38 @@ def find_step(step: str) -> Path:
             return path
     names = ", ".join(p.name for p in step_dirs())
     raise ServerError(f"no step {step!r}; the steps are: {names}")
+
+
+@contextlib.contextmanager
+def step_modules(step_dir: Path | str) -> Iterator[Callable[[str], ModuleType]]:
+    """Import modules of one step folder afresh: `with step_modules(d) as load: load("main")`.
+
+    Every step has its main, chat_app, gunicorn_conf (and capacity...) under
+    the same names: each load forgets those imported before, from this step
+    or another, so that two steps never mix. On exit sys.path, sys.modules
+    and os.environ are as they were: importing step 06's config sets
+    PROMETHEUS_MULTIPROC_DIR, and servers started later must not inherit it.
+    """
+    saved_path, saved_environ = list(sys.path), dict(os.environ)
+    names = {path.stem for path in Path(step_dir).glob("*.py")}
+
+    def forget() -> None:
+        for module in names:
+            sys.modules.pop(module, None)
+
+    def load(name: str) -> ModuleType:
+        forget()
+        return importlib.import_module(name)
+
+    sys.path.insert(0, str(step_dir))
+    importlib.invalidate_caches()
+    try:
+        yield load
+    finally:
+        forget()
+        sys.path[:] = saved_path
+        os.environ.clear()
+        os.environ.update(saved_environ)
 
 
 def run_in_fresh_loop(coroutine):

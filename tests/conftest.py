@@ -8,16 +8,14 @@ proven a superset of the one before. `make test STEP=02` passes `--step 02`;
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from harness.server import AUTH, DEV_KEY, ROOT, LiveServer, find_step, start_server, step_dirs
+from harness.server import AUTH, DEV_KEY, ROOT, LiveServer, find_step, start_server, step_dirs, step_modules
 
 FAULT_CONF = ROOT / "tests" / "fault_conf.py"
 # Step 06 limits requests per key; the suite sends many, so the shared servers
@@ -173,23 +171,10 @@ def client(server):
 
 
 @pytest.fixture
-def step_module(step, monkeypatch):
+def step_module(step):
     """Import a module of the step folder (main, chat_app, gunicorn_conf) afresh."""
-
-    def _load(name: str):
-        monkeypatch.syspath_prepend(str(step.path))
-        for module in ("main", "chat_app", "gunicorn_conf"):
-            monkeypatch.delitem(sys.modules, module, raising=False)
-        return importlib.import_module(name)
-
-    # Importing a step's config may set environment variables (step 06 sets
-    # PROMETHEUS_MULTIPROC_DIR): servers started later must not inherit them.
-    environment = dict(os.environ)
-    yield _load
-    for module in ("main", "chat_app", "gunicorn_conf"):
-        sys.modules.pop(module, None)
-    os.environ.clear()
-    os.environ.update(environment)
+    with step_modules(step.path) as load:
+        yield load
 
 
 @pytest.fixture

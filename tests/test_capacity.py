@@ -5,7 +5,6 @@ here the same code runs with give-up times of a fraction of a second.
 """
 
 import asyncio
-import sys
 
 import pytest
 
@@ -23,12 +22,7 @@ GUARD = 5.0
 @pytest.fixture
 def capacity(step_module):
     """The step's capacity module, imported afresh from the step's folder."""
-    # step_module forgets main, chat_app and gunicorn_conf between steps, not
-    # capacity: forget it here, or every step would test the first one's.
-    sys.modules.pop("capacity", None)
-    module = step_module("capacity")
-    yield module
-    sys.modules.pop("capacity", None)
+    return step_module("capacity")
 
 
 def run(coroutine):

@@ -1,15 +1,12 @@
 """The SSE wire protocol of POST /chat (step 03 on)."""
 
-import importlib
 import json
-import os
 import re
-import sys
 
 import httpx
 import pytest
 
-from harness.server import AUTH, step_dirs
+from harness.server import AUTH, step_dirs, step_modules
 from harness.sse import stream_chat
 
 pytestmark = pytest.mark.since("03")
@@ -119,8 +116,7 @@ def test_model_error_mid_stream_becomes_an_error_event(step, start_faulty):
         assert http.get("/health").status_code == 200
 
 
-
-def test_error_events_name_their_kind(monkeypatch):
+def test_error_events_name_their_kind():
     """What a client reads when a stream fails: busy, timeout or model_error.
 
     The busy kind comes from a wait in line longer than MAX_WAIT (30 s), too
@@ -130,23 +126,12 @@ def test_error_events_name_their_kind(monkeypatch):
     """
     from gunicorn.dirty import DirtyAppError, DirtyTimeoutError
 
-    environment = dict(os.environ)
     streaming_steps = [path for path in step_dirs() if int(path.name[:2]) >= 3]
     assert streaming_steps
-    try:
-        for path in streaming_steps:
-            with monkeypatch.context() as patch:
-                patch.syspath_prepend(str(path))
-                for module in ("main", "chat_app", "gunicorn_conf"):
-                    patch.delitem(sys.modules, module, raising=False)
-                main = importlib.import_module("main")
-                busy = main.error_event(main.Busy("waited 30 s for a free model worker", 10))
-                assert busy == {"error": {"message": "waited 30 s for a free model worker", "type": "busy"}}
-                assert main.error_event(DirtyTimeoutError("Worker timeout", 10))["error"]["type"] == "timeout"
-                assert main.error_event(DirtyAppError("boom"))["error"]["type"] == "model_error"
-            for module in ("main", "chat_app", "gunicorn_conf"):
-                sys.modules.pop(module, None)
-    finally:
-        # Step 06's config sets PROMETHEUS_MULTIPROC_DIR: later servers must not inherit it.
-        os.environ.clear()
-        os.environ.update(environment)
+    for path in streaming_steps:
+        with step_modules(path) as load:
+            main = load("main")
+            busy = main.error_event(main.Busy("waited 30 s for a free model worker", 10))
+            assert busy == {"error": {"message": "waited 30 s for a free model worker", "type": "busy"}}
+            assert main.error_event(DirtyTimeoutError("Worker timeout", 10))["error"]["type"] == "timeout"
+            assert main.error_event(DirtyAppError("boom"))["error"]["type"] == "model_error"
