@@ -25,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
@@ -44,6 +43,7 @@ from harness.server import (  # noqa: E402
     ServerError,
     find_step,
     memory_kib,
+    process_roles,
     process_tree,
     socket_count,
     start_server,
@@ -232,27 +232,19 @@ def command_line(pid: int) -> str:
     return " ".join([Path(args[0]).name, *args[1:]]) if args else "?"
 
 
-def roles(pids: list[int]) -> dict[int, str]:
-    """Name each process of a gunicorn tree by its place in it.
+# harness.server.process_roles names the roles tersely; the notebooks spell them out.
+ROLE_NAMES = {"master": "master", "http": "HTTP worker", "arbiter": "dirty arbiter", "dirty": "dirty worker"}
 
-    The master is the root. Of its children, the one with children of its
-    own is the dirty arbiter, whose children are the dirty workers; the
-    others are HTTP workers.
+
+def roles(pids: list[int]) -> dict[int, str]:
+    """Name each process of a gunicorn tree, whose master is pids[0], by its place in it.
+
+    Of the master's children, the one with children of its own is the dirty
+    arbiter, whose children are the dirty workers; the others are HTTP workers.
     """
     if not pids:
         return {}
-    master = pids[0]
-    children = defaultdict(list)
-    for pid in pids[1:]:
-        children[parent_pid(pid)].append(pid)
-    named = {master: "master"}
-    for child in sorted(children[master]):
-        if children[child]:
-            named[child] = "dirty arbiter"
-            named.update((worker, "dirty worker") for worker in sorted(children[child]))
-        else:
-            named[child] = "HTTP worker"
-    return named
+    return {pid: ROLE_NAMES[role] for pid, role in process_roles(pids[0]).items()}
 
 
 class Table:
