@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 import sys
 
 import nbformat
@@ -114,6 +115,10 @@ def test_committed_without_outputs(path):
     nb = nbformat.reads(text, as_version=nbformat.NO_CONVERT)
     nbformat.validate(nb)
     assert nb.nbformat == 4
+    # Every cell has an id of its own, in the file itself (nbformat would
+    # make one up on reading, with a warning).
+    ids = [cell.get("id") for cell in json.loads(text)["cells"]]
+    assert all(ids) and len(set(ids)) == len(ids), ids
     for cell in nb.cells:
         assert cell.metadata == {}, (cell.id, cell.metadata)
         if cell.cell_type == "code":
