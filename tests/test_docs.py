@@ -280,6 +280,8 @@ NOT_RUN = {
     "make notebooks": "it opens Jupyter Lab for a person; tests/test_notebooks.py runs the notebooks",
     "make docs-outputs": "it rewrites the outputs this suite checks, with the runners the suite uses",
     "make screenshots": "it rewrites the committed pictures of the page",
+    "make bench": "it runs for minutes and rewrites the measurements the docs show; "
+    "tests/test_bench.py runs a small bench end to end",
 }
 
 
