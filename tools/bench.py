@@ -94,7 +94,7 @@ class Options:
     configs: list[int]
     default_workers: int
     asgi_loop: str = "auto"
-    repeat: int = 3
+    repeat: int = 5
     quick: bool = False
     together: int = 32
     sweep: tuple[int, ...] = (8, 16)
@@ -610,10 +610,10 @@ def final_step() -> Path:
     return [p for p in step_dirs() if int(p.name[:2]) <= LAST_CORE_STEP][-1]
 
 
-def shipped_setting(step_dir: Path, name: str) -> str:
-    """A setting of the step's gunicorn_conf.py, in this environment ("auto" for asgi_loop if unset)."""
+def shipped_setting(step_dir: Path, name: str, default: str | None = None) -> str:
+    """A setting of the step's gunicorn_conf.py, in this environment (`default` if it sets none)."""
     out = subprocess.run(
-        [sys.executable, "-c", f"import gunicorn_conf; print(getattr(gunicorn_conf, {name!r}, 'auto'))"],
+        [sys.executable, "-c", f"import gunicorn_conf; print(getattr(gunicorn_conf, {name!r}, {default!r}))"],
         cwd=step_dir, capture_output=True, text=True, check=True,
         env={**os.environ, "PYTHONPATH": str(step_dir)},
     )
@@ -1041,7 +1041,7 @@ def options_from(args: argparse.Namespace) -> Options:
         configs = [default] if quick else [1, 2, 4, 8, default]
     configs = sorted(set(configs))
     opts = Options(step_dir=step_dir, configs=configs, default_workers=default,
-                   asgi_loop=shipped_setting(step_dir, "asgi_loop"),
+                   asgi_loop=shipped_setting(step_dir, "asgi_loop", default="auto"),
                    repeat=args.repeat or (1 if quick else 5), quick=quick,
                    out_dir=Path(args.out).resolve() if args.out else OUT_DIR)
     if quick:
