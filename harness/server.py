@@ -16,6 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,14 +55,16 @@ def find_step(step: str) -> Path:
 def step_modules(step_dir: Path | str) -> Iterator[Callable[[str], ModuleType]]:
     """Import modules of one step folder afresh: `with step_modules(d) as load: load("main")`.
 
-    Every step has its main, chat_app, gunicorn_conf (and capacity...) under
-    the same names: each load forgets those imported before, from this step
-    or another, so that two steps never mix. On exit sys.path, sys.modules
-    and os.environ are as they were: importing step 06's config sets
-    PROMETHEUS_MULTIPROC_DIR, and servers started later must not inherit it.
+    The steps share module names (main, chat_app, gunicorn_conf, capacity):
+    each load forgets those, so that two steps never mix. A module that only
+    one step has stays imported, as in a server: step 06's metrics registers
+    its Prometheus metrics once. On exit sys.path, sys.modules and os.environ
+    are as they were: importing step 06's config sets PROMETHEUS_MULTIPROC_DIR,
+    and servers started later must not inherit it.
     """
     saved_path, saved_environ = list(sys.path), dict(os.environ)
-    names = {path.stem for path in Path(step_dir).glob("*.py")}
+    stems = Counter(path.stem for folder in step_dirs() for path in folder.glob("*.py"))
+    names = {stem for stem, steps in stems.items() if steps > 1}
 
     def forget() -> None:
         for module in names:
