@@ -98,6 +98,8 @@ def test_logs_are_json_with_the_request_id_on_both_sides(step, server, client):
     response = client.post("/chat/sync", json={"prompt": "hi"}, headers={"X-Request-ID": "trace-me-42"})
     assert response.headers["x-request-id"] == "trace-me-42"
     server.wait_for_log(r'"request_id": "trace-me-42".*"tokens"')
+    # The access line comes once the response is sent, maybe after the dirty worker's last line.
+    server.wait_for_log(r"request_id=trace-me-42")
     lines = json_lines(server.log())
     mine = [line for line in lines if line.get("request_id") == "trace-me-42"]
     # The HTTP worker and the dirty worker both logged it: two processes.
