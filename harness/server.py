@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import importlib
 import os
 import re
@@ -51,6 +52,13 @@ def find_step(step: str) -> Path:
     raise ServerError(f"no step {step!r}; the steps are: {names}")
 
 
+@functools.cache
+def shared_module_names() -> frozenset[str]:
+    """The module names that more than one step folder has (main, capacity...)."""
+    stems = Counter(path.stem for folder in step_dirs() for path in folder.glob("*.py"))
+    return frozenset(stem for stem, steps in stems.items() if steps > 1)
+
+
 @contextlib.contextmanager
 def step_modules(step_dir: Path | str) -> Iterator[Callable[[str], ModuleType]]:
     """Import modules of one step folder afresh: `with step_modules(d) as load: load("main")`.
@@ -63,11 +71,9 @@ def step_modules(step_dir: Path | str) -> Iterator[Callable[[str], ModuleType]]:
     and servers started later must not inherit it.
     """
     saved_path, saved_environ = list(sys.path), dict(os.environ)
-    stems = Counter(path.stem for folder in step_dirs() for path in folder.glob("*.py"))
-    names = {stem for stem, steps in stems.items() if steps > 1}
 
     def forget() -> None:
-        for module in names:
+        for module in shared_module_names():
             sys.modules.pop(module, None)
 
     def load(name: str) -> ModuleType:

@@ -168,7 +168,6 @@ def test_the_server_recovers_after_the_burst(step, burst, step_module):
     assert result.text == step_module("chat_app").GREETING
 
 
-
 @pytest.mark.since("05")
 def test_the_http_worker_runs_on_uvloop(step, server):
     # Step 05 names asgi_loop = "uvloop" for a room's load (make bench compares
