@@ -67,11 +67,14 @@ ANSWERS = [
     ({"code"}, CODE),
 ]
 
+# CHAT_PACE scales every pause of the model: 0.1 answers ten times faster
+# (the tests do, where the pace does not matter), 3 three times slower.
+PACE = float(os.environ.get("CHAT_PACE", "1"))
 # Seconds between two words: the time a real model would spend on a token.
-WORD_DELAY = (0.03, 0.08)
+WORD_DELAY = (0.03 * PACE, 0.08 * PACE)
 # The thinking phase: a few progress dots, slower than words.
 THINKING_DOTS = 5
-DOT_DELAY = (0.25, 0.4)
+DOT_DELAY = (0.25 * PACE, 0.4 * PACE)
 # Seconds that "loading the weights" takes, once per dirty worker.
 LOAD_SECONDS = 0.5
 
