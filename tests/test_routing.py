@@ -1,0 +1,104 @@
+"""Where a chat lands: the dirty arbiter routes in turn, blind to load.
+
+These tests pin what docs/concepts/capacity.md says about gunicorn 27: the
+line in capacity.py bounds how many chats run at once, but the arbiter picks
+the dirty worker round-robin, so a chat can wait behind a busy worker while
+another one sits idle; and `dirty_threads` gives a worker no second answer at
+once. If gunicorn ever routes to the idle worker, these tests fail, and the
+page must change with them.
+"""
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from harness.server import AUTH
+from harness.sse import ChatStream, iter_events
+
+pytestmark = pytest.mark.since("03")
+
+# The long answer (about 3.6 s) and the short one (about 1.8 s) of the model.
+LONG, SHORT = "explain dirty workers", "hello"
+# Bounds every wait of these tests, so that a broken server fails them instead of hanging.
+GUARD = 60.0
+
+
+class Chat:
+    """One POST /chat read in a thread of its own, its events visible as they arrive."""
+
+    def __init__(self, base_url: str, prompt: str):
+        self.result = ChatStream(status=0, headers=httpx.Headers(), started=time.monotonic())
+        self.thread = threading.Thread(target=self._read, args=(base_url, prompt), daemon=True)
+        self.thread.start()
+
+    def _read(self, base_url: str, prompt: str) -> None:
+        with (
+            httpx.Client(base_url=base_url, timeout=GUARD, headers=AUTH) as client,
+            client.stream("POST", "/chat", json={"prompt": prompt}) as response,
+        ):
+            self.result.status, self.result.headers = response.status_code, response.headers
+            for event in iter_events(response, self.result):
+                self.result.events.append(event)
+        self.result.finished = time.monotonic()
+
+    def wait_for_first_token(self) -> None:
+        deadline = time.monotonic() + GUARD
+        while not self.result.token_events:
+            assert self.thread.is_alive(), f"the chat ended without a token: {self.result.body[:300]!r}"
+            assert time.monotonic() < deadline, "no token arrived within the guard time"
+            time.sleep(0.01)
+
+    def wait_for_end(self) -> ChatStream:
+        self.thread.join(GUARD)
+        assert not self.thread.is_alive(), "the chat did not end within the guard time"
+        assert self.result.ended_with_done, f"the chat did not end with [DONE]: {self.result.body[-300:]!r}"
+        return self.result
+
+    @property
+    def first_token(self) -> float:
+        return self.result.token_events[0].at
+
+    @property
+    def last_token(self) -> float:
+        return self.result.token_events[-1].at
+
+    @property
+    def waited(self) -> bool:
+        return any("waiting" in payload for payload in self.result.payloads)
+
+
+def test_a_chat_waits_behind_a_busy_worker_while_another_is_idle(start):
+    """A (long) and B (short) run on the two workers; C, sent once B is over, takes A's worker."""
+    server = start(env={"DIRTY_WORKERS": "2"}, dirty_workers=2)
+    a = Chat(server.base_url, LONG)
+    a.wait_for_first_token()
+    b = Chat(server.base_url, SHORT)
+    b.wait_for_first_token()
+    b.wait_for_end()
+    assert a.thread.is_alive(), "the long chat ended before the short one, so the experiment proves nothing"
+    c = Chat(server.base_url, SHORT)
+    c.wait_for_end()
+    a.wait_for_end()
+    assert not c.waited, "the line held back a chat although one of the two dirty workers was free"
+    assert c.first_token > a.last_token, (
+        "a chat sent while one dirty worker was idle got its first word before the busy worker "
+        "finished: the arbiter no longer routes blind to load, and docs/concepts/capacity.md must change"
+    )
+
+
+def test_dirty_threads_give_a_worker_no_second_answer_at_once(start):
+    """One dirty worker with 4 threads, a line that admits 3: the 3 answers still come one after another."""
+    server = start(env={"DIRTY_WORKERS": "3"}, args=("--dirty-workers", "1", "--dirty-threads", "4"),
+                   dirty_workers=1)
+    chats = [Chat(server.base_url, SHORT) for _ in range(3)]
+    for chat in chats:
+        chat.wait_for_end()
+    assert not any(chat.waited for chat in chats), "the line held a chat back, so it did not test the threads"
+    chats.sort(key=lambda chat: chat.first_token)
+    for earlier, later in zip(chats, chats[1:], strict=False):
+        assert later.first_token > earlier.last_token, (
+            "two answers streamed at once from one dirty worker: dirty_threads now gives concurrency, "
+            "and docs/concepts/dirty-workers.md must change"
+        )
