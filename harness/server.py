@@ -185,6 +185,22 @@ def socket_count(pids: list[int]) -> int:
     return count
 
 
+def settled_socket_count(pids: Callable[[], list[int]], steady_reads: int = 5, timeout: float = 10.0) -> int:
+    """The socket count once it has stopped moving: the same in `steady_reads` reads 0.1 s apart.
+
+    Right after a response the server is still closing its side of it (the
+    HTTP connection, the request's dirty client, the arbiter's end of that),
+    so a count taken at once can be one or two too high.
+    """
+    deadline = time.monotonic() + timeout
+    count, same = socket_count(pids()), 1
+    while same < steady_reads and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = socket_count(pids())
+        count, same = now, same + 1 if now == count else 1
+    return count
+
+
 def memory_kib(pids: list[int], field_name: str = "Pss") -> int:
     """Sum of one /proc/<pid>/smaps_rollup field (Pss or Rss) in KiB."""
     total = 0

@@ -15,6 +15,10 @@ import httpx
 DONE = "[DONE]"
 
 
+class StreamFormatError(AssertionError):
+    """The server broke the wire format of a chat stream (an assertion: a test that meets it fails)."""
+
+
 @dataclass
 class Event:
     """One SSE event: its raw text (without the blank line) and when it arrived."""
@@ -35,7 +39,13 @@ class Event:
         return self.data == DONE
 
     def json(self) -> dict:
-        return json.loads(self.data)
+        try:
+            return json.loads(self.data)
+        except json.JSONDecodeError:
+            raise StreamFormatError(
+                f"the stream sent an event whose data is not JSON: {self.data[:80]!r}; every event of a chat"
+                f" stream is one JSON object, and the last one is `data: {DONE}`"
+            ) from None
 
     @property
     def is_token(self) -> bool:

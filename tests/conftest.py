@@ -9,6 +9,7 @@ proven a superset of the one before. `make test STEP=02` passes `--step 02`;
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,26 @@ FAULT_CONF = ROOT / "tests" / "fault_conf.py"
 # Step 06 limits requests per key; the suite sends many, so the shared servers
 # get a limit they never reach (the rate-limit test sets its own).
 TEST_ENV = {"CHAT_RATE_LIMIT": "100000/minute"}
+# The model answers ten times faster than a real one, except for the tests
+# marked `paced`, whose assertions are about the pace itself.
+FAST_PACE = {"CHAT_PACE": "0.1"}
+# How much of a server's log a failure shows: its last lines, requests left out.
+LOG_TAIL_LINES = 20
+ACCESS_LINE = re.compile(r"\b(GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH) /\S* HTTP/")
+# Where the tutorial explains what each test module checks.
+EXPLAINED_IN = {
+    "test_api": "docs/steps/01-sync-endpoint.md",
+    "test_model": "docs/steps/01-sync-endpoint.md",
+    "test_blocking": "docs/steps/02-dirty-worker.md",
+    "test_streaming": "docs/steps/03-sse-streaming.md",
+    "test_disconnect": "docs/steps/03-sse-streaming.md",
+    "test_capacity": "docs/concepts/capacity.md",
+    "test_overload": "docs/concepts/capacity.md",
+    "test_thinking": "docs/steps/04-thinking-mode.md",
+    "test_ui": "docs/steps/05-browser-ui.md",
+    "test_browser": "docs/steps/05-browser-ui.md",
+    "test_hardening": "docs/going-further/troubleshooting.md",
+}
 
 
 @dataclass(frozen=True)
@@ -86,6 +107,7 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "not_for_these_steps: internal, deselected")
+    config.addinivalue_line("markers", "paced: its servers' model keeps a real model's pace")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -94,8 +116,33 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call" and report.failed:
         # Show what the servers this test used had to say.
         for server in getattr(item, "live_servers", []):
-            report.sections.append((f"server log {server.step_dir.name}:{server.port}", server.log()[-6000:]))
+            title = f"server log {server.step_dir.name}:{server.port}, last lines"
+            report.sections.append((title, log_tail(server.log())))
     return report
+
+
+def log_tail(log: str, lines: int = LOG_TAIL_LINES) -> str:
+    """The last lines of a server's log, without its access lines."""
+    kept = [line for line in log.splitlines() if not ACCESS_LINE.search(line)]
+    return "\n".join(kept[-lines:])
+
+
+def behaviour(nodeid: str) -> str:
+    """A test's name in plain words: test_health_answers_during_a_chat -> health answers during a chat."""
+    name = nodeid.split("::")[-1].split("[")[0]
+    return name.removeprefix("test_").replace("_", " ")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    failed = terminalreporter.stats.get("failed", [])
+    if not failed:
+        return
+    terminalreporter.section("what broke, in plain words")
+    for report in failed:
+        module = report.nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
+        where = EXPLAINED_IN.get(module)
+        terminalreporter.line(f"- {behaviour(report.nodeid)} ({report.nodeid.split('[')[-1].rstrip(']')})"
+                              + (f": explained in {where}" if where else ""))
 
 
 class ServerPool:
@@ -106,15 +153,16 @@ class ServerPool:
         self.shared: dict[tuple, LiveServer] = {}
         self.owned: list[LiveServer] = []
 
-    def shared_server(self, step: Step, **options) -> LiveServer:
-        key = (step.path, repr(sorted(options.items())))
+    def shared_server(self, step: Step, *, paced: bool = False, **options) -> LiveServer:
+        key = (step.path, paced, repr(sorted(options.items())))
         server = self.shared.get(key)
         if server is None or not server.running():
-            server = self.shared[key] = self.start(step, **options)
+            server = self.shared[key] = self.start(step, paced=paced, **options)
         return server
 
-    def start(self, step: Step, *, env: dict | None = None, **options) -> LiveServer:
-        server = start_server(step.path, log_dir=self.log_dir, env={**TEST_ENV, **(env or {})}, **options)
+    def start(self, step: Step, *, env: dict | None = None, paced: bool = False, **options) -> LiveServer:
+        env = {**TEST_ENV, **({} if paced else FAST_PACE), **(env or {})}
+        server = start_server(step.path, log_dir=self.log_dir, env=env, **options)
         self.owned.append(server)
         return server
 
@@ -130,12 +178,26 @@ def servers(tmp_path_factory):
     pool.stop_all()
 
 
+def paced(request) -> bool:
+    return request.node.get_closest_marker("paced") is not None
+
+
 @pytest.fixture
-def server(step, servers, request) -> LiveServer:
+def shared(step, servers, request):
+    """A server of this step shared with other tests: shared(**options) starts it on first use."""
+
+    def _shared(**options) -> LiveServer:
+        live = servers.shared_server(step, paced=paced(request), **options)
+        request.node.live_servers = [*getattr(request.node, "live_servers", []), live]
+        return live
+
+    return _shared
+
+
+@pytest.fixture
+def server(shared) -> LiveServer:
     """The step's server as shipped, shared with other tests."""
-    live = servers.shared_server(step)
-    request.node.live_servers = [*getattr(request.node, "live_servers", []), live]
-    return live
+    return shared()
 
 
 @pytest.fixture
@@ -144,7 +206,7 @@ def start(step, servers, request):
     started: list[LiveServer] = []
 
     def _start(**options) -> LiveServer:
-        live = servers.start(step, **options)
+        live = servers.start(step, paced=paced(request), **options)
         started.append(live)
         request.node.live_servers = [*getattr(request.node, "live_servers", []), live]
         return live

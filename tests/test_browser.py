@@ -144,6 +144,7 @@ def test_thinking_shows_apart_from_the_answer(step, server, page):
     expect(last_bot(page).locator(".answer")).to_be_visible()
 
 
+@pytest.mark.paced
 def test_stop_ends_the_stream_and_the_page_is_ready_again(step, server, page, step_module):
     full = step_module("chat_app").EXPLAIN
     failed = []
@@ -170,6 +171,7 @@ def test_stop_ends_the_stream_and_the_page_is_ready_again(step, server, page, st
     assert answer_text(page) == sync_answer(server, "hello")
 
 
+@pytest.mark.paced
 def test_the_keyboard_alone_is_enough(step, server, page):
     sent = []
     page.on("request", lambda request: sent.append(request) if request.url.endswith("/chat") else None)
@@ -239,6 +241,7 @@ def test_a_model_error_mid_stream_is_shown(step, start_faulty, page, step_module
     assert answer_text(page) == "".join(chat_app.split_tokens(chat_app.EXPLAIN)[:3])
 
 
+@pytest.mark.paced
 def test_a_full_server_puts_the_page_in_line(step, start, page):
     server = start(**ONE_WORKER)
     page.goto(server.base_url)

@@ -6,7 +6,7 @@ import time
 import httpx
 import pytest
 
-from harness.server import AUTH, socket_count
+from harness.server import AUTH, settled_socket_count, socket_count
 from harness.sse import stream_chat
 
 pytestmark = pytest.mark.since("03")
@@ -15,11 +15,9 @@ ONE_WORKER = {"env": {"DIRTY_WORKERS": "1"}, "dirty_workers": 1}
 
 
 @pytest.fixture
-def one_worker(step, servers, request):
+def one_worker(shared):
     """The step's server with a single dirty worker: a busy worker shows at once."""
-    live = servers.shared_server(step, **ONE_WORKER)
-    request.node.live_servers = [live]
-    return live
+    return shared(**ONE_WORKER)
 
 
 def first_token_time(http: httpx.Client, prompt: str = "hello") -> float:
@@ -42,6 +40,7 @@ def test_a_client_that_stays_gets_everything(step, one_worker, step_module):
     assert '"error"' not in body
 
 
+@pytest.mark.paced
 def test_dropping_a_stream_frees_the_dirty_worker(step, one_worker, step_module):
     chat_app = step_module("chat_app")
     remaining_tokens = len(chat_app.split_tokens(chat_app.EXPLAIN)) - 3
@@ -70,7 +69,7 @@ def test_sockets_return_to_their_idle_count(step, start):
 
     with httpx.Client(base_url=server.base_url, timeout=60, headers=headers) as http:
         full_round(http)
-    idle = socket_count(server.pids())
+    idle = settled_socket_count(server.pids)
 
     with httpx.Client(base_url=server.base_url, timeout=60, headers=headers) as http:
         for _ in range(10):

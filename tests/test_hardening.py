@@ -180,6 +180,7 @@ def test_a_lone_surrogate_is_refused_clearly(step, http):
 # --- a dirty worker dies mid-stream ------------------------------------------
 
 
+@pytest.mark.paced
 @pytest.mark.since("03")
 def test_a_killed_dirty_worker_ends_the_stream_with_an_error(step, start, step_module):
     chat_app = step_module("chat_app")
@@ -324,6 +325,7 @@ WARM_UP_DROPS = 20
 MAX_GROWTH = 0.10
 
 
+@pytest.mark.paced
 @pytest.mark.since("03")
 def test_hang_ups_stop_the_model_and_leave_nothing_behind(step, start, step_module):
     chat_app = step_module("chat_app")
@@ -541,6 +543,7 @@ def sigterm_with_streams_open(server) -> Shutdown:
     return Shutdown(results, refused_at, code, processes_alive(snapshot))
 
 
+@pytest.mark.paced
 @pytest.mark.since("03")
 def test_sigterm_ends_every_open_stream_cleanly(step, start):
     server = start(env={"DIRTY_WORKERS": "2"}, dirty_workers=2)
@@ -552,6 +555,7 @@ def test_sigterm_ends_every_open_stream_cleanly(step, start):
     assert not shutdown.left, f"processes of the stopped server still running: {shutdown.left}"
 
 
+@pytest.mark.paced
 @pytest.mark.since("03")
 @pytest.mark.xfail(strict=True, reason=STREAMS_CUT_ON_SIGTERM)
 def test_sigterm_lets_open_streams_finish(step, start):

@@ -39,7 +39,8 @@ def burst_run(step, servers):
 
     Once per step: every test below reads the same burst.
     """
-    server = servers.start(step, **ONE_WORKER)
+    # At a real model's pace: the probes are measured against the answers' length.
+    server = servers.start(step, paced=True, **ONE_WORKER)
     probes: list[tuple[float, float, int]] = []
     done = threading.Event()
 

@@ -53,6 +53,7 @@ def proxy(step, start, nginx_binary, tmp_path):
         log.close()
 
 
+@pytest.mark.paced
 def test_tokens_arrive_progressively_through_nginx(step, proxy):
     url, _ = proxy
     with httpx.Client(base_url=url, timeout=30, headers=AUTH) as http:

@@ -17,7 +17,8 @@ import pytest
 from harness.server import AUTH
 from harness.sse import ChatStream, iter_events
 
-pytestmark = pytest.mark.since("03")
+# The tests lean on the model's real answer times: long waits short.
+pytestmark = [pytest.mark.since("03"), pytest.mark.paced]
 
 # The long answer (about 3.6 s) and the short one (about 1.8 s) of the model.
 LONG, SHORT = "explain dirty workers", "hello"

@@ -55,6 +55,7 @@ def test_stream_text_equals_sync_text(step, chat, client, prompt):
     assert streamed.ended_with_done
 
 
+@pytest.mark.paced
 def test_tokens_arrive_progressively(step, chat):
     result = chat("explain")
     tokens = result.token_events
@@ -68,6 +69,7 @@ def test_tokens_arrive_progressively(step, chat):
     assert times[-1] - middle > (times[-1] - times[0]) / 4
 
 
+@pytest.mark.paced
 def test_first_token_comes_long_before_the_last(step, chat):
     result = chat("explain")
     tokens = result.token_events

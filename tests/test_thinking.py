@@ -32,6 +32,7 @@ def test_without_thinking_every_event_is_answer(step, client):
     assert "[thinking" not in result.text
 
 
+@pytest.mark.paced
 def test_thinking_is_slower_than_the_answer(step, client):
     result = stream_chat(client, "explain", thinking=True)
     times = {"thinking": [], "answer": []}
