@@ -16,7 +16,14 @@ Scenarios, every chat with the same prompt so that durations compare:
 - sockets (shipped config): 1,000 chats, half dropped mid-stream, then the
   server's socket count must come back to its idle value;
 - loop: the shipped config again, its HTTP worker on asyncio's event loop
-  instead of the step's asgi_loop, for the together and 64-stream figures.
+  instead of the step's asgi_loop, for the together and 64-stream figures;
+- mixed: a room's real mix of prompts, arriving at random (Poisson, seeded) at
+  50 % and 80 % of capacity, at most MIXED_ADMITTED chats in flight (the rest
+  wait in the client), against 1x, 1.25x, 1.5x and 2x as many dirty workers.
+  Its servers run tools/bench_conf.py, which logs which dirty worker served
+  each chat and when: a chat that queued behind a busy worker while another
+  was idle is a collision. The same arrivals replayed through an ideal
+  least-busy queue, with the measured answer times, are the yardstick.
 
 The shipped config's scenarios (and its asyncio twin's) run REPEAT times and
 report medians: on 2 cores, the p95 of 32 first tokens and the p99 of a few
@@ -25,7 +32,8 @@ of five is steadier. The other configs run once. Settings come from the
 environment (or the same options on the command line): REPEAT=9 (default 5),
 BENCH_QUICK=1 (a one-minute smoke run), BENCH_STEP=04 (another step, or any
 folder), BENCH_OUT=dir (instead of docs/generated/bench), BENCH_CLIENT=httpx
-(to compare with the default client).
+(to compare with the default client). `--scenarios mixed --merge` runs only
+the mixed scenario and puts its figures into the results.json already there.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ import http.client
 import json
 import os
 import platform
+import random
+import re
 import select
 import statistics
 import subprocess
@@ -62,6 +72,7 @@ from harness.server import (  # noqa: E402
     socket_count,
     start_server,
     step_dirs,
+    step_modules,
 )
 from harness.sse import ChatStream, Event  # noqa: E402
 
@@ -72,6 +83,20 @@ LOG_DIR = ROOT / "bench-output"
 LAST_CORE_STEP = 5
 # The same prompt for every chat, so that stream durations compare.
 PROMPT = "explain"
+# The mixed scenario's servers: the step's config plus a record of where each chat ran.
+BENCH_CONF = ROOT / "tools" / "bench_conf.py"
+SERVED = re.compile(r"bench chat (\d+) served by (\d+) from ([\d.]+) to ([\d.]+)")
+# What a workshop room asks, and how often: (prompt, thinking, weight).
+ROOM = [
+    ("hello!", False, 3),
+    ("hi, who are you?", True, 1),
+    ("explain dirty workers", False, 3),
+    ("explain dirty workers", True, 2),
+    ("how does streaming work?", False, 2),
+    ("show me some code", False, 2),
+    ("show me some code", True, 1),
+    ("what can you do?", False, 1),
+]
 OUTCOMES = ("complete", "refused", "error", "cut_off", "other")
 # What gunicorn's dirty worker logs when it stops streaming because its reader went away.
 WORKER_STOPPED = "Error during streaming: Connection lost"
@@ -102,13 +127,22 @@ class Options:
     burst_factor: int = 4
     drop_samples: int = 5
     socket_requests: int = 1000
-    scenarios: frozenset[str] = frozenset({"together", "sweep", "health", "burst", "drop", "sockets", "loop"})
+    scenarios: frozenset[str] = frozenset(
+        {"together", "sweep", "health", "burst", "drop", "sockets", "loop", "mixed"})
     prompt: str = PROMPT
     client: str = "raw"
     out_dir: Path = OUT_DIR
     plots: bool = True
     # A seconds budget for any one scenario: the run stops rather than hang.
     scenario_timeout: float = 180.0
+    # The mixed scenario: chats in flight at most, dirty workers per admitted
+    # chat, offered loads (fractions of what the admitted chats can serve),
+    # chats per load, and the seed of the arrivals and prompts.
+    mixed_admitted: int = 4
+    mixed_ratios: tuple[float, ...] = (1.0, 1.25, 1.5, 2.0)
+    mixed_loads: tuple[float, ...] = (0.5, 0.8)
+    mixed_chats: int = 60
+    mixed_seed: int = 2026
 
 
 # --------------------------------------------------------------------------
@@ -215,7 +249,8 @@ class RawClient:
     async def __aexit__(self, *exc_info) -> None:
         return None
 
-    async def chat(self, prompt: str = PROMPT, *, stop_after_tokens: int | None = None) -> ChatResult:
+    async def chat(self, prompt: str = PROMPT, *, stop_after_tokens: int | None = None,
+                   thinking: bool = False) -> ChatResult:
         """POST /chat and read the SSE answer, timing each event as it arrives.
 
         With `stop_after_tokens`, hang up after that many tokens, as a user
@@ -226,7 +261,7 @@ class RawClient:
         writer = None
         try:
             reader, writer = await asyncio.open_connection(self.host, self.port)
-            body = json.dumps({"prompt": prompt}).encode()
+            body = json.dumps({"prompt": prompt, "thinking": thinking}).encode()
             writer.write(
                 b"POST /chat HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
@@ -271,11 +306,13 @@ class HttpxClient:
     async def __aexit__(self, *exc_info) -> None:
         await self.http.aclose()
 
-    async def chat(self, prompt: str = PROMPT, *, stop_after_tokens: int | None = None) -> ChatResult:
+    async def chat(self, prompt: str = PROMPT, *, stop_after_tokens: int | None = None,
+                   thinking: bool = False) -> ChatResult:
         started = time.monotonic()
         result = ChatResult(status=0, headers=httpx.Headers(), started=started)
         try:
-            async with self.http.stream("POST", "/chat", json={"prompt": prompt}) as response:
+            body = {"prompt": prompt, "thinking": thinking}
+            async with self.http.stream("POST", "/chat", json=body) as response:
                 result.status, result.headers = response.status_code, response.headers
                 if "text/event-stream" not in response.headers.get("content-type", ""):
                     result.body = await response.aread()
@@ -596,6 +633,190 @@ async def sockets_after_drops(server: LiveServer, workers: int, opts: Options) -
 
 
 # --------------------------------------------------------------------------
+# The mixed scenario: a room's prompts, arriving at random
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Arrival:
+    """One chat of the mixed scenario: when it arrives (seconds from the start) and what it asks."""
+
+    tag: int
+    at: float
+    prompt: str
+    thinking: bool
+
+
+def expected_answer_seconds(step_dir: Path, prompt: str, thinking: bool) -> float:
+    """How long the step's model takes, on average, to answer a prompt (from its own constants)."""
+    with step_modules(step_dir) as load_module:
+        model = load_module("chat_app")
+        words = len(model.split_tokens(model.pick_answer(prompt)))
+        seconds = words * sum(model.WORD_DELAY) / 2
+        if thinking and hasattr(model, "THINKING_DOTS"):
+            seconds += model.THINKING_DOTS * sum(model.DOT_DELAY) / 2
+    return seconds
+
+
+def room_arrivals(count: int, rate: float, seed: int, first_tag: int = 0) -> list[Arrival]:
+    """`count` chats of the room's mix, arriving as a Poisson process of `rate` chats a second."""
+    rng = random.Random(seed)
+    prompts = [(prompt, thinking) for prompt, thinking, _ in ROOM]
+    weights = [weight for *_, weight in ROOM]
+    arrivals, at = [], 0.0
+    for tag in range(first_tag, first_tag + count):
+        at += rng.expovariate(rate)
+        prompt, thinking = rng.choices(prompts, weights)[0]
+        arrivals.append(Arrival(tag, at, prompt, thinking))
+    return arrivals
+
+
+def mean_answer_seconds(step_dir: Path) -> float:
+    """The room's mean answer time, weighted as the room asks."""
+    total = sum(weight for *_, weight in ROOM)
+    return sum(weight * expected_answer_seconds(step_dir, prompt, thinking)
+               for prompt, thinking, weight in ROOM) / total
+
+
+def served_by(log: str) -> dict[int, tuple[int, float, float]]:
+    """Each tagged chat's dirty worker pid, and when it started and stopped answering (bench_conf's lines)."""
+    return {int(tag): (int(pid), float(began), float(ended))
+            for tag, pid, began, ended in SERVED.findall(log)}
+
+
+def find_collisions(chats: list[dict], workers: int) -> list[dict]:
+    """The chats that queued behind a busy dirty worker while another one was idle.
+
+    A chat was sent at `sent`; the worker it got was busy then if another
+    chat's answer on that worker covered that moment; a worker was idle if
+    fewer than `workers` distinct workers were answering at that moment.
+    """
+    collided = []
+    for chat in chats:
+        busy = {other["pid"] for other in chats
+                if other is not chat and other["began"] <= chat["sent"] < other["ended"]}
+        if chat["pid"] in busy and len(busy) < workers:
+            collided.append(chat)
+    return collided
+
+
+def ideal_first_tokens(chats: list[dict], admitted: int) -> list[float]:
+    """The same arrivals through an ideal least-busy queue: first come first served, `admitted`
+    places, each admitted chat on an idle worker at once, with the answer times measured.
+
+    A chat's own costs stay as measured: the hop to a free worker (the median
+    over chats that found one), its worker's time to the first word and back,
+    and how long its answer held the worker.
+    """
+    free_hops = [c["began"] - c["sent"] for c in chats if not c["collided"]]
+    hop = median(free_hops) or 0.0
+    places = [0.0] * admitted
+    first_tokens = []
+    for chat in sorted(chats, key=lambda c: c["arrived"]):
+        place = min(range(admitted), key=places.__getitem__)
+        start = max(chat["arrived"], places[place])
+        places[place] = start + hop + (chat["ended"] - chat["began"])
+        first_tokens.append(start - chat["arrived"] + hop + chat["to_first_token"])
+    return first_tokens
+
+
+async def mixed_load(server: LiveServer, arrivals: list[Arrival], admitted: int, opts: Options) -> list[dict]:
+    """Send each chat at its arrival time; at most `admitted` in flight, the others wait in the client."""
+    gate = asyncio.Semaphore(admitted)
+    origin = time.monotonic()
+
+    async def one(http, arrival: Arrival) -> tuple[Arrival, float, float, ChatResult]:
+        await asyncio.sleep(max(0.0, origin + arrival.at - time.monotonic()))
+        arrived = time.monotonic()
+        async with gate:
+            sent = time.monotonic()
+            result = await http.chat(f"{arrival.prompt} [chat {arrival.tag}]", thinking=arrival.thinking)
+        return arrival, arrived, sent, result
+
+    async with new_client(server.base_url, admitted, opts.client) as http:
+        done = await asyncio.wait_for(asyncio.gather(*(one(http, a) for a in arrivals)),
+                                      arrivals[-1].at + opts.scenario_timeout)
+    # The worker logs each answer as it ends: give the last lines a moment to reach the log.
+    deadline = time.monotonic() + 10.0
+    while len(served := served_by(server.log())) < arrivals[-1].tag + 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    chats = []
+    for arrival, arrived, sent, result in done:
+        pid, began, ended = served.get(arrival.tag, (0, sent, sent))
+        first_token = result.started + result.first_token_at if result.first_token_at is not None else None
+        chats.append({
+            "tag": arrival.tag, "thinking": arrival.thinking, "outcome": classify(result),
+            "arrived": arrived, "sent": sent, "pid": pid, "began": began, "ended": ended,
+            "ttft": first_token - arrived if first_token is not None else None,
+            "to_first_token": first_token - began if first_token is not None else 0.0,
+        })
+    return chats
+
+
+def summarize_mixed(chats: list[dict], workers: int, admitted: int) -> dict:
+    collided = find_collisions(chats, workers)
+    for chat in chats:
+        chat["collided"] = chat in collided
+    ttft = [c["ttft"] for c in chats if c["ttft"] is not None]
+    ideal = ideal_first_tokens(chats, admitted)
+    lost = [c["began"] - c["sent"] for c in collided]
+    outcomes = Counter(c["outcome"] for c in chats)
+    return {
+        "chats": len(chats),
+        **{outcome: outcomes.get(outcome, 0) for outcome in OUTCOMES},
+        "unrecorded": sum(1 for c in chats if not c["pid"]),
+        "workers_used": len({c["pid"] for c in chats if c["pid"]}),
+        "ttft_p50": percentile(ttft, 50), "ttft_p95": percentile(ttft, 95), "ttft_p99": percentile(ttft, 99),
+        "ideal_ttft_p50": percentile(ideal, 50), "ideal_ttft_p95": percentile(ideal, 95),
+        "ideal_ttft_p99": percentile(ideal, 99),
+        "collisions": len(collided),
+        "collision_wait_p50": percentile(lost, 50),
+        "collision_wait_max": max(lost, default=None),
+        "client_wait_max": max((c["sent"] - c["arrived"] for c in chats), default=None),
+    }
+
+
+async def run_mixed(opts: Options, log: Callable[[str], None]) -> dict:
+    """Every ratio of dirty workers to admitted chats, each on a fresh server, at every load."""
+    started = time.monotonic()
+    admitted = opts.mixed_admitted
+    service = mean_answer_seconds(opts.step_dir)
+    loads = []
+    for index, fraction in enumerate(opts.mixed_loads):
+        rate = fraction * admitted / service
+        arrivals = room_arrivals(opts.mixed_chats, rate, opts.mixed_seed + index)
+        loads.append((fraction, rate, arrivals))
+    runs, every_chat = [], []
+    for ratio in opts.mixed_ratios:
+        workers = max(admitted, round(ratio * admitted))
+        log(f"[mixed] {workers} dirty workers for {admitted} admitted chats ({ratio:g}x)")
+        server = await asyncio.to_thread(
+            start_server, opts.step_dir, env={"DIRTY_WORKERS": str(workers)}, dirty_workers=workers,
+            config=BENCH_CONF, log_dir=LOG_DIR,
+        )
+        try:
+            await warm_up(server, workers, opts)
+            idle = await asyncio.to_thread(tree_sample, server)
+            tag = 0
+            for fraction, rate, arrivals in loads:
+                tagged = [replace(a, tag=a.tag + tag) for a in arrivals]
+                tag += len(arrivals)
+                log(f"[mixed] {workers} dirty workers: {len(arrivals)} chats at {fraction:.0%} of capacity")
+                chats = await mixed_load(server, tagged, admitted, opts)
+                busy = await asyncio.to_thread(tree_sample, server)
+                runs.append({"ratio": ratio, "workers": workers, "load": fraction, "rate": rate,
+                             "pss_idle": idle["pss"], "pss_after": busy["pss"],
+                             **summarize_mixed(chats, workers, admitted)})
+                every_chat.append({"workers": workers, "load": fraction, "chats": chats})
+        finally:
+            await asyncio.to_thread(server.stop)
+    # Every chat's record, for a closer look; results.json keeps the summaries.
+    (LOG_DIR / "mixed-chats.json").write_text(json.dumps(rounded(every_chat), indent=1) + "\n")
+    return {"admitted": admitted, "mean_answer": service, "seed": opts.mixed_seed,
+            "chats_per_load": opts.mixed_chats, "runs": runs, "seconds": time.monotonic() - started}
+
+
+# --------------------------------------------------------------------------
 # Running the configurations
 # --------------------------------------------------------------------------
 
@@ -698,7 +919,9 @@ async def run_bench(opts: Options, log: Callable[[str], None] = print) -> dict:
         log(f"[{time.monotonic() - started:4.0f} s] {line}")
 
     configs = []
-    for workers in opts.configs:
+    # The mixed scenario starts servers of its own; the others share one per config.
+    per_config = opts.scenarios - {"mixed"}
+    for workers in opts.configs if per_config else ():
         configs.append(await run_config(workers, opts, stamped))
     if "loop" in opts.scenarios and opts.default_workers in opts.configs:
         configs.append(await run_config(opts.default_workers, opts, stamped, loop="asyncio"))
@@ -706,12 +929,27 @@ async def run_bench(opts: Options, log: Callable[[str], None] = print) -> dict:
     if "drop" in opts.scenarios and not any("drop" in c for c in configs):
         helper = await run_config(1, replace(opts, scenarios=frozenset({"drop"})), stamped)
         configs.append({**helper, "helper": True})
-    return {
+    mixed = await run_mixed(opts, stamped) if "mixed" in opts.scenarios else None
+    results = {
         "meta": metadata(opts, time.monotonic() - started),
         "configs": [c for c in configs if not c.get("helper")],
         "drop": next((c["drop"] for c in configs if "drop" in c), None),
         "targets": evaluate_targets(configs),
     }
+    if mixed is not None:
+        mixed["meta"] = {key: results["meta"][key] for key in ("date", "cores", "python", "gunicorn", "step")}
+        results["mixed"] = mixed
+    return results
+
+
+def merge_results(earlier: dict, new: dict) -> dict:
+    """Earlier results with the figures of a run of some scenarios only (`--merge`)."""
+    merged = dict(earlier)
+    if new["configs"]:
+        merged.update({key: new[key] for key in ("meta", "configs", "drop", "targets")})
+    if "mixed" in new:
+        merged["mixed"] = new["mixed"]
+    return merged
 
 
 def metadata(opts: Options, seconds: float) -> dict:
@@ -927,7 +1165,40 @@ def render_markdown(results: dict) -> str:
             + "\n\n\"Dirty worker stopped\" counts the dirty worker's own log line for a stream"
             " whose reader went away: it should equal the dropped count."
         )
+    if "mixed" in results:
+        parts.append(render_mixed(results["mixed"]))
     return "\n\n".join(parts) + "\n"
+
+
+def render_mixed(mixed: dict) -> str:
+    """The mixed scenario's table: one row per ratio and load."""
+    meta = mixed["meta"]
+    rows = []
+    for run in mixed["runs"]:
+        rows.append([
+            f"{run['load']:.0%}", f"{run['workers']} ({run['ratio']:g}×)",
+            f"{num(run['complete'])}/{num(run['chats'])}",
+            f"{ms(run['ttft_p50'])} / {ms(run['ttft_p95'])} / {ms(run['ttft_p99'])}",
+            f"{ms(run['ideal_ttft_p50'])} / {ms(run['ideal_ttft_p95'])} / {ms(run['ideal_ttft_p99'])}",
+            num(run["collisions"]), f"{ms(run['collision_wait_p50'])} / {ms(run['collision_wait_max'])}",
+            mib(run["pss_idle"]),
+        ])
+    return (
+        f"### A room's mix, arriving at random, {mixed['admitted']} chats admitted at once\n\n"
+        f"Measured {meta['date']} on {meta['cores']} cores, gunicorn {meta['gunicorn']},"
+        f" step `{meta['step']}`; {mixed['chats_per_load']} chats per load (seed {mixed['seed']}),"
+        " the same arrivals for every ratio;"
+        f" a mean answer of {mixed['mean_answer']:.1f} s. Reproduce with"
+        f" `.venv/bin/python tools/bench.py --scenarios mixed --merge` ({mixed['seconds']:.0f} s).\n\n"
+        + md_table(["load", "dirty workers", "complete", "TTFT p50 / p95 / p99",
+                    "ideal least-busy p50 / p95 / p99", "collisions", "wait behind a busy worker p50 / max",
+                    "PSS idle"], rows)
+        + "\n\nTTFT counts from the chat's arrival, its wait in the client for one of the admitted"
+        " places included. A collision is a chat that queued behind a busy dirty worker while another"
+        " was idle (the dirty worker's own record of when it answered which chat). The ideal column"
+        " replays the same arrivals through a first-come line whose admitted chats always find an idle"
+        " worker, with each chat's measured answer time."
+    )
 
 
 def ideal_last_ttft(config: dict, meta: dict) -> float | None:
@@ -1002,6 +1273,52 @@ def plot(results: dict, out_dir: Path) -> None:
     plt.close(fig)
 
 
+def plot_mixed(mixed: dict, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = mixed["runs"]
+    loads = sorted({run["load"] for run in runs})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax = axes[0]
+    for load, color in zip(loads, ("tab:blue", "tab:orange", "tab:green"), strict=False):
+        at = sorted((r for r in runs if r["load"] == load), key=lambda r: r["ratio"])
+        ratios = [r["ratio"] for r in at]
+        ax.plot(ratios, [r["ttft_p95"] * 1000 for r in at], "o-", color=color,
+                label=f"{load:.0%} load, measured")
+        ax.plot(ratios, [r["ideal_ttft_p95"] * 1000 for r in at], "s:", color=color,
+                label=f"{load:.0%} load, ideal least-busy")
+    ax.set_xticks(sorted({r["ratio"] for r in runs}))
+    ax.set_xlabel("dirty workers per admitted chat")
+    ax.set_ylabel("time to first token, p95 (ms)")
+    ax.set_title("First token, p95")
+    ax.legend(fontsize="small")
+    ax = axes[1]
+    width = 0.1
+    for offset, (load, color) in enumerate(zip(loads, ("tab:blue", "tab:orange", "tab:green"), strict=False)):
+        at = sorted((r for r in runs if r["load"] == load), key=lambda r: r["ratio"])
+        shift = (offset - (len(loads) - 1) / 2) * width
+        ax.bar([r["ratio"] + shift for r in at], [r["collisions"] for r in at],
+               width, color=color, label=f"collisions, {load:.0%} load")
+    ax.set_xticks(sorted({r["ratio"] for r in runs}))
+    ax.set_xlabel("dirty workers per admitted chat")
+    ax.set_ylabel(f"chats (of {mixed['chats_per_load']}) behind a busy worker")
+    memory = ax.twinx()
+    at = sorted({r["ratio"]: r for r in runs}.values(), key=lambda r: r["ratio"])
+    memory.plot([r["ratio"] for r in at], [r["pss_idle"] / 1024 for r in at], "kD--", label="PSS, idle")
+    memory.set_ylabel("server memory, PSS (MiB)")
+    memory.set_ylim(bottom=0)
+    handles = [h for a in (ax, memory) for h in a.get_legend_handles_labels()[0]]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize="small", loc="upper right")
+    ax.set_title("Collisions, and what the workers cost")
+    fig.suptitle(f"A room's mix at random, {mixed['admitted']} chats admitted, step {mixed['meta']['step']}")
+    fig.tight_layout()
+    fig.savefig(out_dir / "mixed.png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
 def write_outputs(results: dict, out_dir: Path, plots: bool = True) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     table = render_markdown(results)
@@ -1010,6 +1327,8 @@ def write_outputs(results: dict, out_dir: Path, plots: bool = True) -> str:
     (out_dir / "results.json").write_text(json.dumps(rounded(results), indent=1) + "\n")
     if plots:
         plot(results, out_dir)
+        if "mixed" in results:
+            plot_mixed(results["mixed"], out_dir)
     return table
 
 
@@ -1046,7 +1365,8 @@ def options_from(args: argparse.Namespace) -> Options:
                    out_dir=Path(args.out).resolve() if args.out else OUT_DIR)
     if quick:
         opts = replace(opts, sweep=(), socket_requests=100, drop_samples=3,
-                       scenarios=opts.scenarios - {"loop"})
+                       scenarios=opts.scenarios - {"loop"}, mixed_ratios=(1.0, 2.0), mixed_loads=(0.8,),
+                       mixed_chats=8)
     opts = replace(opts, client=args.client)
     if args.scenarios:
         opts = replace(opts, scenarios=frozenset(args.scenarios.split(",")))
@@ -1061,8 +1381,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--step", default=os.environ.get("BENCH_STEP", ""))
     parser.add_argument("--out", default=os.environ.get("BENCH_OUT", ""))
     parser.add_argument("--configs", help="dirty worker counts, e.g. 1,8,shipped (default 1,2,4,8,shipped)")
-    parser.add_argument("--scenarios", help="a subset of together,sweep,health,burst,drop,sockets,loop")
+    parser.add_argument("--scenarios", help="a subset of together,sweep,health,burst,drop,sockets,loop,mixed")
     parser.add_argument("--client", choices=sorted(CLIENTS), default=os.environ.get("BENCH_CLIENT", "raw"))
+    parser.add_argument("--merge", action="store_true",
+                        help="put this run's figures into the results.json already in --out, keep the rest")
     parser.add_argument("--render", action="store_true",
                         help="only redo table.md and the plots from the results.json already in --out")
     parser.add_argument("--health-probe", metavar="URL", help=argparse.SUPPRESS)
@@ -1079,6 +1401,8 @@ def main(argv: list[str]) -> int:
     print(f"Benchmarking {opts.step_dir.name}: dirty workers {opts.configs}, shipped {opts.default_workers}, "
           f"repeat {opts.repeat}{' (quick)' if opts.quick else ''}", flush=True)
     results = rounded(asyncio.run(run_bench(opts, lambda line: print(line, flush=True))))
+    if args.merge and (opts.out_dir / "results.json").is_file():
+        results = merge_results(json.loads((opts.out_dir / "results.json").read_text()), results)
     table = write_outputs(results, opts.out_dir, opts.plots)
     print()
     print(table)
