@@ -7,6 +7,7 @@ import concurrent.futures
 import contextlib
 import functools
 import importlib
+import json
 import os
 import re
 import signal
@@ -110,19 +111,55 @@ def free_port() -> int:
 
 def wait_for_health(base_url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
     """Poll GET /health until it answers 200, the process dies, or time runs out."""
+    wait_for_ready(base_url, timeout, proc, path="/health")
+
+
+def _get_json(url: str) -> tuple[int, dict]:
+    """GET a URL: its status and JSON body (empty if it has none)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    try:
+        parsed = json.loads(body or b"{}")
+    except ValueError:
+        parsed = {}
+    return status, parsed if isinstance(parsed, dict) else {}
+
+
+def wait_for_ready(
+    base_url: str,
+    timeout: float,
+    proc: subprocess.Popen | None = None,
+    *,
+    workers: int = 0,
+    path: str = "/ready",
+) -> None:
+    """Poll GET /ready until it answers 200 with at least `workers` models loaded.
+
+    A step without /ready (step 01 has no dirty workers) answers 404 there:
+    then GET /health answering 200 is enough. Raises ServerError if the
+    process dies or time runs out.
+    """
     deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
+    last: object = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise ServerError(f"the server exited with code {proc.returncode} before it was ready")
         try:
-            with urllib.request.urlopen(f"{base_url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
+            status, body = _get_json(f"{base_url}{path}")
         except (urllib.error.URLError, OSError) as exc:
-            last_error = exc
+            last = exc
+        else:
+            last = f"{path} answered {status} {body}"
+            if status == 404 and path == "/ready":
+                path = "/health"
+                continue
+            if status == 200 and (path != "/ready" or body.get("loaded", 0) >= workers):
+                return
         time.sleep(0.05)
-    raise ServerError(f"{base_url}/health did not answer within {timeout:.0f} s ({last_error})")
+    raise ServerError(f"{base_url} was not ready within {timeout:.0f} s ({last})")
 
 
 def process_tree(pid: int) -> list[int]:
@@ -285,12 +322,16 @@ def start_server(
     log_dir: Path | None = None,
     timeout: float = 60.0,
     dirty_workers: int = 0,
+    ready: bool = True,
 ) -> LiveServer:
     """Run `gunicorn -c gunicorn_conf.py main:app` inside the step folder.
 
-    Returns once /health answers and, if `dirty_workers` is given, once that
-    many dirty workers have said they listen. Extra gunicorn arguments come
-    after the config file, so they override it; `env` adds environment variables.
+    Returns once /ready answers 200 (/health for a step without /ready) and,
+    if `dirty_workers` is given, once that many dirty workers have loaded the
+    model and said they listen. With `ready=False` it returns as soon as
+    /health answers, for a test that watches a server while it loads.
+    Extra gunicorn arguments come after the config file, so they override it;
+    `env` adds environment variables.
     """
     step_dir = Path(step_dir).resolve()
     if not (step_dir / "main.py").is_file():
@@ -328,8 +369,11 @@ def start_server(
         )
     server = LiveServer(step_dir=step_dir, port=port, proc=proc, log_path=log_path, env=env or {})
     try:
-        wait_for_health(server.base_url, timeout, proc)
-        server.wait_for_log(DIRTY_READY, dirty_workers, timeout)
+        if ready:
+            wait_for_ready(server.base_url, timeout, proc, workers=dirty_workers)
+            server.wait_for_log(DIRTY_READY, dirty_workers, timeout)
+        else:
+            wait_for_health(server.base_url, timeout, proc)
     except ServerError as exc:
         server.stop()
         raise ServerError(f"{exc}\n--- server log ({log_path}) ---\n{server.log()}") from None
