@@ -10,6 +10,7 @@ CHAT_FAULT=stall:N   the model stops for CHAT_FAULT_STALL seconds after N tokens
 import os
 import time
 
+import gunicorn_conf
 from gunicorn_conf import *  # noqa: F403  (the step's own settings)
 
 CHAT_APP = "chat_app:ChatApp"
@@ -28,6 +29,8 @@ def _faulty(produce, kind, after, stall):
 
 
 def dirty_worker_init(worker):
+    # The step's own hook first: it tells /ready that this worker's model is loaded.
+    gunicorn_conf.dirty_worker_init(worker)
     kind, _, after = os.environ["CHAT_FAULT"].partition(":")
     stall = float(os.environ.get("CHAT_FAULT_STALL", "30"))
     app = worker.apps[CHAT_APP]

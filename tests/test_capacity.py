@@ -345,3 +345,83 @@ def test_a_move_up_while_the_position_is_told_is_not_lost(step, capacity):
         return await asyncio.wait_for(positions.__anext__(), SHORT)
 
     assert run(scenario()) == 1
+
+
+# The line follows the dirty workers there are (main.py resizes it from /ready's counts).
+
+
+def test_a_wider_line_starts_those_waiting_in_order(step, capacity):
+    line = capacity.Capacity(workers=1, max_waiting=4, retry_after=7)
+    line.join()
+    first, second, third = (line.join() for _ in range(3))
+    line.resize(workers=3, max_waiting=12, loading=False)
+    assert first.running and second.running and not third.running
+    assert first.moved.is_set() and second.moved.is_set()
+    # The one still waiting hears that it moved up.
+    assert third.position == 1 and third.moved.is_set()
+
+
+def test_a_narrower_line_lets_the_running_finish_and_starts_nobody_meanwhile(step, capacity):
+    line = capacity.Capacity(workers=2, max_waiting=4, retry_after=7)
+    first, second = line.join(), line.join()
+    line.resize(workers=1, max_waiting=4, loading=False)
+    # Nobody is stopped: the answers already running go on.
+    assert first.running and second.running
+    waiting = line.join()
+    assert not waiting.running
+    first.leave()
+    assert not waiting.running, "a place started while more ran than there are workers"
+    second.leave()
+    assert waiting.running
+
+
+def test_a_shorter_line_keeps_those_in_it_and_refuses_newcomers(step, capacity):
+    line = capacity.Capacity(workers=1, max_waiting=3, retry_after=7)
+    line.join()
+    waiting = [line.join() for _ in range(3)]
+    line.resize(workers=1, max_waiting=1, loading=False)
+    assert [place.position for place in waiting] == [1, 2, 3]
+    with pytest.raises(capacity.Busy):
+        line.join()
+
+
+def test_nobody_starts_while_a_worker_loads(step, capacity):
+    line = capacity.Capacity(workers=2, max_waiting=4, retry_after=7)
+    running = line.join()
+    line.resize(workers=2, max_waiting=4, loading=True)
+    # A worker is free, but the arbiter might hand the request to the one loading.
+    place = line.join()
+    assert not place.running and place.position == 1
+    assert running.running, "a running answer was stopped by a worker loading"
+    line.resize(workers=2, max_waiting=4, loading=False)
+    assert place.running and place.moved.is_set()
+
+
+def test_a_worker_that_starts_loading_tells_those_waiting(step, capacity):
+    line = capacity.Capacity(workers=1, max_waiting=2, retry_after=7)
+    line.join()
+    place = line.join()
+    place.moved.clear()
+    line.resize(workers=1, max_waiting=2, loading=True)
+    assert place.moved.is_set(), "those in line did not hear that the line is held"
+
+
+def test_the_same_size_again_wakes_nobody(step, capacity):
+    line = capacity.Capacity(workers=1, max_waiting=2, retry_after=7)
+    line.join()
+    place = line.join()
+    place.moved.clear()
+    line.resize(workers=1, max_waiting=2, loading=False)
+    assert not place.moved.is_set(), "an unchanged look woke those in line: they would hear their place every 0.5 s"
+
+
+def test_giving_up_while_a_worker_loads_says_so(step, capacity):
+    async def scenario():
+        line = capacity.Capacity(workers=1, max_waiting=1, retry_after=7)
+        line.resize(workers=1, max_waiting=1, loading=True)
+        place = line.join()
+        with pytest.raises(capacity.Busy) as gave_up:
+            await place.wait_turn(give_up_after=SHORT)
+        return gave_up.value
+
+    assert "loads" in str(run(scenario()))

@@ -1,11 +1,15 @@
 """Step 02: the HTTP worker asks a dirty worker for the answer."""
 
+import asyncio
+
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from gunicorn.dirty import DirtyClient, DirtyError, DirtyTimeoutError
 from gunicorn.dirty.client import get_dirty_socket_path
+from gunicorn.dirty.stash import StashClient
+from gunicorn_conf import LOADED_TABLE, POOL_TABLE
 from pydantic import BaseModel, Field, StrictBool, field_validator
 from starlette.datastructures import Headers
 
@@ -15,6 +19,10 @@ MAX_BODY_BYTES = 64 * 1024
 CHAT_APP = "chat_app:ChatApp"
 # Seconds the HTTP worker waits for a whole answer; the longest takes about 7 s.
 ANSWER_TIMEOUT = 30.0
+# What a client is told while a model loads, and how long a look at the
+# stash may take before /ready gives up on the arbiter.
+LOADING_RETRY_AFTER = 5
+STASH_TIMEOUT = 2.0
 
 
 class ChatRequest(BaseModel):
@@ -86,15 +94,54 @@ async def require_json(request: Request) -> None:
         raise HTTPException(415, "Content-Type must be application/json")
 
 
+async def model_loaded() -> None:
+    """Refuse a chat while any dirty worker is still loading its model.
+
+    The arbiter hands requests to its workers in turn, loaded or not, and
+    gives up on one that is not listening after 5 s.
+    """
+    loaded, workers = await asyncio.to_thread(model_workers)
+    if loaded < workers:
+        raise HTTPException(
+            503,
+            f"the model is still loading: {loaded} of {workers} dirty workers are ready",
+            headers={"Retry-After": str(LOADING_RETRY_AFTER)},
+        )
+
+
 @app.get("/health")
 async def health():
     return {"status": "ok"}
 
 
+def model_workers() -> tuple[int, int]:
+    """How many dirty workers have loaded the model, and how many the arbiter keeps.
+
+    gunicorn_conf's hooks keep both in the stash. The stash client blocks:
+    call this in a thread.
+    """
+    with StashClient(get_dirty_socket_path(), timeout=STASH_TIMEOUT) as store:
+        return len(store.keys(LOADED_TABLE)), store.get(POOL_TABLE, "workers", 0)
+
+
+@app.get("/ready")
+async def ready():
+    # /health says the process answers; this says a model can answer too,
+    # for load balancers and orchestrators that wait before sending traffic.
+    loaded, workers = await asyncio.to_thread(model_workers)
+    if not loaded:
+        return JSONResponse(
+            {"status": "loading", "loaded": 0, "workers": workers},
+            status_code=503,
+            headers={"Retry-After": str(LOADING_RETRY_AFTER)},
+        )
+    return {"status": "ready", "loaded": loaded, "workers": workers}
+
+
 @app.post(
     "/chat/sync",
     response_model=ChatResponse,
-    dependencies=[Depends(require_json)],
+    dependencies=[Depends(require_json), Depends(model_loaded)],
     max_body_size=MAX_BODY_BYTES,
 )
 async def chat_sync(request: ChatRequest):

@@ -1,10 +1,15 @@
 """First come, first served access to the dirty workers.
 
-A dirty worker serves one request at a time, and the arbiter hands requests
-to workers in turn without looking at how busy they are. So the HTTP worker
-keeps the count itself: at most `workers` requests run at once, the next
-`max_waiting` wait in line in arrival order, and anyone beyond that is told
-at once to come back later.
+A dirty worker serves one request at a time, so the HTTP worker keeps the
+count: at most `workers` requests run at once, the next `max_waiting` wait in
+line in arrival order and hear where they stand, and anyone beyond that is
+told at once to come back later. main.py resizes the line to follow the
+dirty workers the arbiter really keeps, and holds it while one of them is
+still loading its model.
+
+The line does not choose the worker: the arbiter hands requests to its
+workers in turn, blind to how busy they are, so a request can wait behind a
+long answer while another worker is idle.
 """
 
 import asyncio
@@ -48,10 +53,8 @@ class Place:
                 await asyncio.wait_for(self.moved.wait(), min(update_every, left))
             except TimeoutError:
                 if loop.time() >= deadline:
-                    raise Busy(
-                        f"waited {give_up_after:.0f} s for a free model worker",
-                        self.capacity.retry_after,
-                    ) from None
+                    why = "while a model worker loads" if self.capacity.loading else "for a free model worker"
+                    raise Busy(f"waited {give_up_after:.0f} s {why}", self.capacity.retry_after) from None
 
     async def wait_turn(self, give_up_after: float) -> None:
         """Wait quietly for this request's turn, for answers that cannot stream."""
@@ -65,16 +68,25 @@ class Place:
 
 class Capacity:
     def __init__(self, workers: int, max_waiting: int, retry_after: int):
-        self.free = workers
+        self.workers = workers
         self.max_waiting = max_waiting
         self.retry_after = retry_after
+        # While a dirty worker loads its model, nobody starts: the arbiter
+        # would hand the next request to it as readily as to a loaded one.
+        self.loading = False
+        self.running = 0
         self.line: deque[Place] = deque()
+
+    @property
+    def free(self) -> int:
+        """How many more requests may start now."""
+        return 0 if self.loading else max(self.workers - self.running, 0)
 
     def join(self) -> Place:
         """Take a free worker, or a place in line; raise Busy if the line is full."""
         place = Place(self)
         if self.free:
-            self.free -= 1
+            self.running += 1
             place.running = True
         elif len(self.line) < self.max_waiting:
             self.line.append(place)
@@ -82,19 +94,29 @@ class Capacity:
             raise Busy("every model worker is busy and the line is full", self.retry_after)
         return place
 
+    def resize(self, workers: int, max_waiting: int, loading: bool) -> None:
+        """Follow the dirty workers there are now; those running keep running."""
+        if (workers, max_waiting, loading) == (self.workers, self.max_waiting, self.loading):
+            return
+        self.workers, self.max_waiting, self.loading = workers, max_waiting, loading
+        self.move_up()
+
     def release(self, place: Place) -> None:
         if place.running:
             place.running = False
-            self.free += 1
+            self.running -= 1
         elif place in self.line:
             self.line.remove(place)
         else:
             return
+        self.move_up()
+
+    def move_up(self) -> None:
+        """Start the head of the line while workers are free, and tell everyone still waiting."""
         while self.free and self.line:
             head = self.line.popleft()
             head.running = True
-            self.free -= 1
+            self.running += 1
             head.moved.set()
-        # Everyone still waiting has moved up one place.
         for waiting in self.line:
             waiting.moved.set()

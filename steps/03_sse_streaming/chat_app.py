@@ -73,7 +73,7 @@ PACE = float(os.environ.get("CHAT_PACE", "1"))
 # Seconds between two words: the time a real model would spend on a token.
 WORD_DELAY = (0.03 * PACE, 0.08 * PACE)
 # Seconds that "loading the weights" takes, once per dirty worker.
-LOAD_SECONDS = 0.5
+LOAD_SECONDS = float(os.environ.get("CHAT_LOAD_SECONDS", "0.5"))
 
 
 def pick_answer(prompt: str) -> str:

@@ -76,7 +76,7 @@ WORD_DELAY = (0.03 * PACE, 0.08 * PACE)
 THINKING_DOTS = 5
 DOT_DELAY = (0.25 * PACE, 0.4 * PACE)
 # Seconds that "loading the weights" takes, once per dirty worker.
-LOAD_SECONDS = 0.5
+LOAD_SECONDS = float(os.environ.get("CHAT_LOAD_SECONDS", "0.5"))
 
 
 def pick_answer(prompt: str) -> str:

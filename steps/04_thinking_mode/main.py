@@ -1,5 +1,7 @@
 """Step 04: a visible thinking phase, then the answer, each event with its phase."""
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -11,7 +13,8 @@ from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from gunicorn.dirty import DirtyClient, DirtyError, DirtyTimeoutError
 from gunicorn.dirty.client import get_dirty_socket_path
-from gunicorn_conf import dirty_workers
+from gunicorn.dirty.stash import StashClient
+from gunicorn_conf import LOADED_TABLE, POOL_TABLE
 from pydantic import BaseModel, Field, StrictBool, field_validator
 from starlette.datastructures import Headers
 
@@ -32,6 +35,12 @@ WAITING_PER_WORKER = 4
 WAIT_UPDATE = 5.0
 # What a refused client is told: by then a long answer has finished.
 RETRY_AFTER = 10
+# What a client is told while a model loads, and how long a look at the
+# stash may take before /ready gives up on the arbiter.
+LOADING_RETRY_AFTER = 5
+STASH_TIMEOUT = 2.0
+# How often the line looks again at the dirty workers there are.
+FOLLOW_EVERY = 0.5
 
 
 class ChatRequest(BaseModel):
@@ -78,9 +87,28 @@ class LimitBodySize:
         await self.app(scope, receive, send)
 
 
-app = FastAPI(title="Dirty chat")
+async def follow_model_workers() -> None:
+    """Keep the line as wide as the dirty workers the arbiter keeps now, however
+    their number was set (DIRTY_WORKERS, --dirty-workers, TTIN or TTOU)."""
+    while True:
+        # A look that fails changes nothing: the line keeps what it knew.
+        with contextlib.suppress(DirtyError):
+            loaded, workers = await asyncio.to_thread(model_workers)
+            capacity.resize(workers, WAITING_PER_WORKER * workers, loading=loaded < workers)
+        await asyncio.sleep(FOLLOW_EVERY)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI):
+    follower = asyncio.create_task(follow_model_workers())
+    yield
+    follower.cancel()
+
+
+app = FastAPI(title="Dirty chat", lifespan=lifespan)
 app.add_middleware(LimitBodySize, max_bytes=MAX_BODY_BYTES)
-capacity = Capacity(dirty_workers, WAITING_PER_WORKER * dirty_workers, RETRY_AFTER)
+# Empty until follow_model_workers() has looked at the dirty workers.
+capacity = Capacity(0, 0, RETRY_AFTER)
 
 
 @app.exception_handler(RequestValidationError)
@@ -118,6 +146,30 @@ async def health():
     return {"status": "ok"}
 
 
+def model_workers() -> tuple[int, int]:
+    """How many dirty workers have loaded the model, and how many the arbiter keeps.
+
+    gunicorn_conf's hooks keep both in the stash. The stash client blocks:
+    call this in a thread.
+    """
+    with StashClient(get_dirty_socket_path(), timeout=STASH_TIMEOUT) as store:
+        return len(store.keys(LOADED_TABLE)), store.get(POOL_TABLE, "workers", 0)
+
+
+@app.get("/ready")
+async def ready():
+    # /health says the process answers; this says a model can answer too,
+    # for load balancers and orchestrators that wait before sending traffic.
+    loaded, workers = await asyncio.to_thread(model_workers)
+    if not loaded:
+        return JSONResponse(
+            {"status": "loading", "loaded": 0, "workers": workers},
+            status_code=503,
+            headers={"Retry-After": str(LOADING_RETRY_AFTER)},
+        )
+    return {"status": "ready", "loaded": loaded, "workers": workers}
+
+
 async def place_in_line():
     """Join the line for a dirty worker, or answer 503 before any stream starts."""
     place = capacity.join()
@@ -145,6 +197,14 @@ async def dirty_client() -> AsyncIterator[DirtyClient]:
 
 
 Dirty = Annotated[DirtyClient, Depends(dirty_client)]
+
+
+def waiting_event(position: int) -> dict:
+    event = {"token": "", "waiting": position}
+    if capacity.loading:
+        # The line stands still while a model worker loads: say why.
+        event["reason"] = "loading"
+    return event
 
 
 def error_event(exc: Exception) -> dict:
@@ -180,7 +240,7 @@ async def chat(request: ChatRequest, place: Line, client: Dirty):
     try:
         # Tell a waiting client where it stands, rather than leave it staring.
         async for position in place.turn(WAIT_UPDATE, MAX_WAIT):
-            yield {"token": "", "waiting": position}
+            yield waiting_event(position)
         # Each event says its phase, so a client can show thinking apart.
         async for event in client.stream_async(CHAT_APP, "stream", request.prompt, request.thinking):
             yield event

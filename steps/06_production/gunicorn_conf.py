@@ -4,6 +4,8 @@ import os
 import shutil
 import tempfile
 
+from gunicorn.dirty.stash import StashClient, get_stash_socket_path
+
 bind = "127.0.0.1:8000"
 # Gunicorn's native ASGI worker serves FastAPI directly.
 worker_class = "asgi"
@@ -11,7 +13,7 @@ worker_class = "asgi"
 workers = 1
 # The model runs in dirty workers: each loads it once and answers one
 # request at a time, so this is how many answers can stream at once.
-# main.py reads it too: change it with DIRTY_WORKERS=8, not --dirty-workers.
+# DIRTY_WORKERS=8 or --dirty-workers 8 changes it; the line in main.py follows.
 dirty_apps = ["chat_app:ChatApp"]
 # 32 streams at once for a workshop room: fine for this light model; a real one costs memory per worker.
 dirty_workers = int(os.environ.get("DIRTY_WORKERS", "32"))
@@ -73,3 +75,33 @@ def child_exit(server, worker):
 def on_exit(server):
     if _own_metrics_dir:
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+# Readiness, kept in gunicorn's stash (key-value tables that the dirty arbiter
+# holds in memory): the pids of the dirty workers whose model is loaded, and
+# how many dirty workers the arbiter keeps now. main.py reads both for /ready.
+LOADED_TABLE = "model_loaded"
+POOL_TABLE = "model_pool"
+
+
+def dirty_worker_init(worker):
+    # Runs in the dirty worker once its model is loaded, just before it listens.
+    with StashClient(get_stash_socket_path()) as store:
+        store.put(LOADED_TABLE, worker.pid, True)
+
+
+def dirty_post_fork(arbiter, worker):
+    # Runs in the arbiter after every fork, so after a TTIN too.
+    _count_workers(arbiter)
+
+
+def dirty_worker_exit(arbiter, worker):
+    # Runs in the arbiter when a dirty worker is gone, even after a SIGKILL.
+    arbiter.stash_tables.get(LOADED_TABLE, {}).pop(worker.pid, None)
+    _count_workers(arbiter)
+
+
+def _count_workers(arbiter):
+    # The hooks that run in the arbiter write its tables directly: a stash
+    # client would wait for this very process, busy running the hook.
+    arbiter.stash_tables.setdefault(POOL_TABLE, {})["workers"] = arbiter.num_workers
