@@ -10,6 +10,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 REQUESTS = Counter("chat_http_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"])
 # livesum: add up the gauges of the workers that are alive now.
 STREAMS_IN_FLIGHT = Gauge("chat_streams_in_flight", "Answers in progress", multiprocess_mode="livesum")
+# Every chat this instance still owes an answer, waiting in line included: a
+# rolling restart (rolling_restart.py) waits for it to reach 0.
+CHATS_IN_FLIGHT = Gauge(
+    "chat_in_flight", "Chats being answered or waiting in line", multiprocess_mode="livesum"
+)
 TIME_TO_FIRST_TOKEN = Histogram(
     "chat_time_to_first_token_seconds",
     "From the request to its first token, waiting in line included",
