@@ -22,9 +22,9 @@ FAULT_CONF = ROOT / "tests" / "fault_conf.py"
 # Step 06 limits requests per key; the suite sends many, so the shared servers
 # get a limit they never reach (the rate-limit test sets its own).
 TEST_ENV = {"CHAT_RATE_LIMIT": "100000/minute"}
-# The model answers ten times faster than a real one, except for the tests
-# marked `paced`, whose assertions are about the pace itself.
-FAST_PACE = {"CHAT_PACE": "0.1"}
+# The model answers ten times faster than a real one (CHAT_PACE), except for
+# the tests marked `paced`, whose assertions are about the pace itself.
+FAST_PACE = 0.1
 # How much of a server's log a failure shows: its last lines, requests left out.
 LOG_TAIL_LINES = 20
 ACCESS_LINE = re.compile(r"\b(GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH) /\S* HTTP/")
@@ -153,15 +153,15 @@ class ServerPool:
         self.shared: dict[tuple, LiveServer] = {}
         self.owned: list[LiveServer] = []
 
-    def shared_server(self, step: Step, *, paced: bool = False, **options) -> LiveServer:
-        key = (step.path, paced, repr(sorted(options.items())))
+    def shared_server(self, step: Step, *, pace: float = FAST_PACE, **options) -> LiveServer:
+        key = (step.path, pace, repr(sorted(options.items())))
         server = self.shared.get(key)
         if server is None or not server.running():
-            server = self.shared[key] = self.start(step, paced=paced, **options)
+            server = self.shared[key] = self.start(step, pace=pace, **options)
         return server
 
-    def start(self, step: Step, *, env: dict | None = None, paced: bool = False, **options) -> LiveServer:
-        env = {**TEST_ENV, **({} if paced else FAST_PACE), **(env or {})}
+    def start(self, step: Step, *, env: dict | None = None, pace: float = FAST_PACE, **options) -> LiveServer:
+        env = {**TEST_ENV, "CHAT_PACE": str(pace), **(env or {})}
         server = start_server(step.path, log_dir=self.log_dir, env=env, **options)
         self.owned.append(server)
         return server
@@ -178,8 +178,9 @@ def servers(tmp_path_factory):
     pool.stop_all()
 
 
-def paced(request) -> bool:
-    return request.node.get_closest_marker("paced") is not None
+def pace(request) -> float:
+    """The CHAT_PACE of the test's servers: see FAST_PACE."""
+    return 1 if request.node.get_closest_marker("paced") else FAST_PACE
 
 
 @pytest.fixture
@@ -187,7 +188,7 @@ def shared(step, servers, request):
     """A server of this step shared with other tests: shared(**options) starts it on first use."""
 
     def _shared(**options) -> LiveServer:
-        live = servers.shared_server(step, paced=paced(request), **options)
+        live = servers.shared_server(step, pace=pace(request), **options)
         request.node.live_servers = [*getattr(request.node, "live_servers", []), live]
         return live
 
@@ -206,7 +207,7 @@ def start(step, servers, request):
     started: list[LiveServer] = []
 
     def _start(**options) -> LiveServer:
-        live = servers.start(step, paced=paced(request), **options)
+        live = servers.start(step, pace=pace(request), **options)
         started.append(live)
         request.node.live_servers = [*getattr(request.node, "live_servers", []), live]
         return live

@@ -40,7 +40,7 @@ def burst_run(step, servers):
     Once per step: every test below reads the same burst.
     """
     # At a real model's pace: the probes are measured against the answers' length.
-    server = servers.start(step, paced=True, **ONE_WORKER)
+    server = servers.start(step, pace=1, **ONE_WORKER)
     probes: list[tuple[float, float, int]] = []
     done = threading.Event()
 
