@@ -155,3 +155,85 @@ def test_a_tiny_run_end_to_end(tmp_path):
     assert "2 chats started together" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "ttft_by_workers.png").stat().st_size > 0
     assert (tmp_path / "burst.png").stat().st_size > 0
+
+
+def test_room_arrivals_are_seeded_poisson_with_the_rooms_prompts():
+    arrivals = bench.room_arrivals(2000, rate=2.0, seed=7)
+    assert arrivals == bench.room_arrivals(2000, rate=2.0, seed=7)
+    assert arrivals != bench.room_arrivals(2000, rate=2.0, seed=8)
+    gaps = [later.at - earlier.at for earlier, later in zip(arrivals, arrivals[1:], strict=False)]
+    assert min(gaps) > 0
+    assert sum(gaps) / len(gaps) == pytest.approx(0.5, rel=0.1)
+    asked = {(a.prompt, a.thinking) for a in arrivals}
+    assert asked == {(prompt, thinking) for prompt, thinking, _ in bench.ROOM}
+    # The tag the bench adds to a prompt must not change the model's answer.
+    for prompt, thinking, _ in bench.ROOM:
+        step_dir = bench.final_step()
+        assert bench.expected_answer_seconds(step_dir, f"{prompt} [chat 12]", thinking) == pytest.approx(
+            bench.expected_answer_seconds(step_dir, prompt, thinking))
+
+
+def chat(pid, sent, began, ended, arrived=None, to_first_token=0.05):
+    return {"pid": pid, "sent": sent, "began": began, "ended": ended,
+            "arrived": sent if arrived is None else arrived, "to_first_token": to_first_token,
+            "collided": False}
+
+
+def test_a_collision_is_a_chat_behind_a_busy_worker_while_another_is_idle():
+    long, short = chat(1, 0.0, 0.0, 3.0), chat(2, 0.1, 0.1, 1.0)
+    behind = chat(1, 1.5, 3.0, 4.0)  # worker 2 is idle since 1.0
+    assert bench.find_collisions([long, short, behind], workers=2) == [behind]
+    # Both workers busy: waiting is no collision, there was no idle worker to take.
+    both_busy = chat(1, 0.5, 3.0, 4.0)
+    assert bench.find_collisions([long, short, both_busy], workers=2) == []
+
+
+def test_the_ideal_queue_gives_each_admitted_chat_a_free_worker_at_once():
+    first = chat(1, 0.0, 0.01, 1.01, arrived=0.0)
+    second = chat(1, 1.01, 1.5, 2.5, arrived=0.5)
+    second["collided"] = True
+    # One place: the second chat, arrived at 0.5, waits until the first is over (1.01), then its hop and word.
+    assert bench.ideal_first_tokens([first, second], admitted=1) == pytest.approx([0.06, 0.57])
+    # Two places: nobody waits.
+    assert bench.ideal_first_tokens([first, second], admitted=2) == pytest.approx([0.06, 0.06])
+
+
+def test_merge_keeps_the_scenarios_that_did_not_run():
+    earlier = synthetic_results()
+    mixed_only = {"meta": {"date": "later"}, "configs": [], "drop": None, "targets": [],
+                  "mixed": {"runs": []}}
+    merged = bench.merge_results(earlier, mixed_only)
+    assert merged["configs"] == earlier["configs"] and merged["meta"] == earlier["meta"]
+    assert merged["mixed"] == {"runs": []}
+    assert bench.merge_results(merged, earlier)["mixed"] == {"runs": []}
+
+
+def test_the_mixed_table_shows_measured_and_ideal_side_by_side():
+    run = {"ratio": 1.25, "workers": 5, "load": 0.8, "chats": 60, "complete": 60, "ttft_p50": 0.01,
+           "ttft_p95": 1.2, "ttft_p99": 2.0,
+           "ideal_ttft_p50": 0.01, "ideal_ttft_p95": 0.5, "ideal_ttft_p99": 0.9,
+           "collisions": 3, "collision_wait_p50": 0.8, "collision_wait_max": 2.1, "pss_idle": 80 * 1024}
+    mixed = {"meta": synthetic_results()["meta"], "admitted": 4, "chats_per_load": 60, "seed": 1,
+             "mean_answer": 3.1, "seconds": 600, "runs": [run]}
+    table = bench.render_mixed(mixed)
+    assert ("| 80% | 5 (1.25×) | 60/60 | 10 ms / 1200 ms / 2000 ms | 10 ms / 500 ms / 900 ms | 3 |"
+            " 800 ms / 2100 ms | 80 MiB |") in table
+
+
+def test_a_tiny_mixed_run_end_to_end(tmp_path):
+    step_dir = bench.final_step()
+    opts = bench.Options(step_dir=step_dir, configs=[], default_workers=2, repeat=1, out_dir=tmp_path,
+                         scenarios=frozenset({"mixed"}), mixed_admitted=2, mixed_ratios=(1.0,),
+                         mixed_loads=(0.8,), mixed_chats=4)
+    results = bench.rounded(run_in_fresh_loop(bench.run_bench(opts, log=lambda line: None)))
+    bench.write_outputs(results, tmp_path)
+    assert results["configs"] == []
+    [run] = results["mixed"]["runs"]
+    assert run["complete"] == run["chats"] == 4
+    # bench_conf recorded which dirty worker answered every chat.
+    assert run["unrecorded"] == 0 and 1 <= run["workers_used"] <= 2
+    assert 0 < run["ttft_p50"] <= run["ttft_p99"]
+    assert 0 < run["ideal_ttft_p50"] <= run["ideal_ttft_p99"]
+    assert run["pss_idle"] > 0
+    assert "A room's mix" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "mixed.png").stat().st_size > 0

@@ -18,6 +18,7 @@ import os
 import re
 import time
 
+import gunicorn_conf
 from gunicorn.dirty.arbiter import DirtyArbiter
 from gunicorn_conf import *  # noqa: F403  (the step's own settings)
 
@@ -40,6 +41,9 @@ def _recorded(produce):
 
 
 def dirty_worker_init(worker):
+    # The step's own hook first, if it has one (from step 05 on it tells /ready the model is loaded).
+    if hasattr(gunicorn_conf, "dirty_worker_init"):
+        gunicorn_conf.dirty_worker_init(worker)
     app = worker.apps[CHAT_APP]
     app.stream = _recorded(app.stream)
 
