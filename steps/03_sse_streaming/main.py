@@ -86,14 +86,19 @@ class LimitBodySize:
         await self.app(scope, receive, send)
 
 
+async def look_at_model_workers() -> None:
+    """Size the line from the dirty workers the arbiter keeps now, however their
+    number was set (DIRTY_WORKERS, --dirty-workers, TTIN or TTOU)."""
+    # A look that fails changes nothing: the line keeps what it knew.
+    with contextlib.suppress(DirtyError):
+        loaded, workers = await asyncio.to_thread(model_workers)
+        capacity.resize(workers, WAITING_PER_WORKER * workers, loading=loaded < workers)
+
+
 async def follow_model_workers() -> None:
-    """Keep the line as wide as the dirty workers the arbiter keeps now, however
-    their number was set (DIRTY_WORKERS, --dirty-workers, TTIN or TTOU)."""
+    # Looks again and again, so that a model that has loaded starts those waiting.
     while True:
-        # A look that fails changes nothing: the line keeps what it knew.
-        with contextlib.suppress(DirtyError):
-            loaded, workers = await asyncio.to_thread(model_workers)
-            capacity.resize(workers, WAITING_PER_WORKER * workers, loading=loaded < workers)
+        await look_at_model_workers()
         await asyncio.sleep(FOLLOW_EVERY)
 
 
@@ -171,6 +176,8 @@ async def ready():
 
 async def place_in_line():
     """Join the line for a dirty worker, or answer 503 before any stream starts."""
+    # A fresh look first, so that a chat sees the workers /ready saw before it.
+    await look_at_model_workers()
     place = capacity.join()
     try:
         yield place

@@ -24,6 +24,7 @@ from gunicorn.dirty.client import get_dirty_socket_path
 from gunicorn.dirty.stash import StashClient
 from gunicorn_conf import LOADED_TABLE, POOL_TABLE
 from metrics import (
+    CHATS_IN_FLIGHT,
     DIRTY_ERRORS,
     STREAM_DURATION,
     STREAMS_IN_FLIGHT,
@@ -110,14 +111,19 @@ class LimitBodySize:
         await self.app(scope, receive, send)
 
 
+async def look_at_model_workers() -> None:
+    """Size the line from the dirty workers the arbiter keeps now, however their
+    number was set (DIRTY_WORKERS, --dirty-workers, TTIN or TTOU)."""
+    # A look that fails changes nothing: the line keeps what it knew.
+    with contextlib.suppress(DirtyError):
+        loaded, workers = await asyncio.to_thread(model_workers)
+        capacity.resize(workers, WAITING_PER_WORKER * workers, loading=loaded < workers)
+
+
 async def follow_model_workers() -> None:
-    """Keep the line as wide as the dirty workers the arbiter keeps now, however
-    their number was set (DIRTY_WORKERS, --dirty-workers, TTIN or TTOU)."""
+    # Looks again and again, so that a model that has loaded starts those waiting.
     while True:
-        # A look that fails changes nothing: the line keeps what it knew.
-        with contextlib.suppress(DirtyError):
-            loaded, workers = await asyncio.to_thread(model_workers)
-            capacity.resize(workers, WAITING_PER_WORKER * workers, loading=loaded < workers)
+        await look_at_model_workers()
         await asyncio.sleep(FOLLOW_EVERY)
 
 
@@ -216,11 +222,15 @@ RequestId = Annotated[str, Depends(request_id)]
 
 async def place_in_line():
     """Join the line for a dirty worker, or answer 503 before any stream starts."""
+    # A fresh look first, so that a chat sees the workers /ready saw before it.
+    await look_at_model_workers()
     place = capacity.join()
-    try:
-        yield place
-    finally:
-        place.leave()
+    # In flight until the answer ends, so that a restart can wait for it (rolling_restart.py).
+    with CHATS_IN_FLIGHT.track_inprogress():
+        try:
+            yield place
+        finally:
+            place.leave()
 
 
 Line = Annotated[Place, Depends(place_in_line)]

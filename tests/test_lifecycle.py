@@ -1,0 +1,235 @@
+"""A real model's lifecycle: readiness while it loads, and a line that follows the workers.
+
+CHAT_LOAD_SECONDS=8 makes the model load like a real one, longer than the
+5 s the dirty arbiter waits for a worker's socket before it fails a request
+with "Worker socket not ready". No chat may ever get that error: it waits in
+line (step 03 on) or is refused with 503 and Retry-After (step 02).
+The number of dirty workers is set with DIRTY_WORKERS, --dirty-workers, or at
+run time with TTIN and TTOU on the dirty arbiter; /ready and the line follow.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from harness.server import AUTH, process_roles
+from harness.sse import ChatStream, iter_events
+
+pytestmark = pytest.mark.paced
+
+# Longer than the arbiter's 5 s wait for a worker's socket.
+SLOW_LOAD = {"CHAT_LOAD_SECONDS": "8"}
+# The long answer: about 3.6 s, time enough to look at the others meanwhile.
+LONG = "explain dirty workers"
+# Bounds every wait of these tests, so that a broken server fails them instead of hanging.
+GUARD = 60.0
+SOCKET_NOT_READY = "Worker socket not ready"
+
+
+class Chat:
+    """One POST /chat read in a thread of its own, its events visible as they arrive."""
+
+    def __init__(self, base_url: str, prompt: str = LONG):
+        self.result = ChatStream(status=0, headers=httpx.Headers(), started=time.monotonic())
+        self.thread = threading.Thread(target=self._read, args=(base_url, prompt), daemon=True)
+        self.thread.start()
+
+    def _read(self, base_url: str, prompt: str) -> None:
+        with (
+            httpx.Client(base_url=base_url, timeout=GUARD, headers=AUTH) as client,
+            client.stream("POST", "/chat", json={"prompt": prompt}) as response,
+        ):
+            self.result.status, self.result.headers = response.status_code, response.headers
+            for event in iter_events(response, self.result):
+                self.result.events.append(event)
+        self.result.finished = time.monotonic()
+
+    def wait_for_first_event(self) -> dict:
+        deadline = time.monotonic() + GUARD
+        while not self.result.events:
+            assert self.thread.is_alive(), f"the chat ended without an event: {self.result.body[:300]!r}"
+            assert time.monotonic() < deadline, "no event arrived within the guard time"
+            time.sleep(0.01)
+        return self.result.payloads[0]
+
+    def wait_for_first_token(self) -> None:
+        deadline = time.monotonic() + GUARD
+        while not self.result.token_events:
+            assert self.thread.is_alive(), f"the chat ended without a token: {self.result.body[:300]!r}"
+            assert time.monotonic() < deadline, "no token arrived within the guard time"
+            time.sleep(0.01)
+
+    def wait_for_end(self) -> ChatStream:
+        self.thread.join(GUARD)
+        assert not self.thread.is_alive(), "the chat did not end within the guard time"
+        assert self.result.ended_with_done, f"the chat did not end with [DONE]: {self.result.body[-300:]!r}"
+        return self.result
+
+
+def ready(server) -> httpx.Response:
+    return httpx.get(f"{server.base_url}/ready", timeout=10)
+
+
+def wait_until_ready(server, loaded: int, workers: int) -> dict:
+    """Poll /ready until it says `loaded` of `workers` dirty workers can serve."""
+    deadline = time.monotonic() + GUARD
+    while True:
+        answer = ready(server)
+        body = answer.json()
+        if answer.status_code == 200 and (body["loaded"], body["workers"]) == (loaded, workers):
+            return body
+        assert time.monotonic() < deadline, f"/ready never said {loaded} of {workers} loaded; last: {body}"
+        time.sleep(0.1)
+
+
+def arbiter_pid(server) -> int:
+    return next(pid for pid, role in process_roles(server.pid).items() if role == "arbiter")
+
+
+def dirty_pids(server) -> set[int]:
+    return {pid for pid, role in process_roles(server.pid).items() if role == "dirty"}
+
+
+def assert_never_socket_not_ready(texts: list[str]) -> None:
+    for text in texts:
+        assert SOCKET_NOT_READY not in text, f"a chat got the arbiter's internal error while loading: {text}"
+
+
+@pytest.mark.since("02")
+def test_ready_is_503_while_the_model_loads_then_200(step, start):
+    server = start(env=SLOW_LOAD, args=("--dirty-workers", "2"), ready=False)
+    loading = ready(server)
+    health = httpx.get(f"{server.base_url}/health")
+    assert health.status_code == 200, "/health must answer while the model loads"
+    assert loading.status_code == 503, f"/ready said {loading.status_code} before any model was loaded"
+    assert loading.json() == {"status": "loading", "loaded": 0, "workers": 2}
+    assert int(loading.headers["Retry-After"]) > 0, "a 503 from /ready must say when to come back"
+    body = wait_until_ready(server, loaded=2, workers=2)
+    assert body["status"] == "ready"
+
+
+@pytest.mark.since("02")
+def test_a_chat_sent_while_the_model_loads_gets_its_answer_or_a_clear_503(step, start):
+    server = start(env=SLOW_LOAD, args=("--dirty-workers", "2"), ready=False)
+    assert ready(server).status_code == 503, "the model was loaded already: this test proves nothing"
+    answers: list[httpx.Response] = []
+
+    def ask():
+        with httpx.Client(base_url=server.base_url, timeout=GUARD, headers=AUTH) as client:
+            answers.append(client.post("/chat/sync", json={"prompt": "hello"}))
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    streams = [Chat(server.base_url, "hello") for _ in range(2)] if step.number >= 3 else []
+    for thread in threads:
+        thread.join(GUARD)
+    results = [stream.wait_for_end() for stream in streams]
+    assert_never_socket_not_ready([answer.text for answer in answers] + [r.body.decode() for r in results])
+    for answer in answers:
+        if answer.status_code == 503:
+            assert "still loading" in answer.json()["detail"], answer.text
+            assert int(answer.headers["Retry-After"]) > 0
+        else:
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["response"].startswith("Hello!")
+    for result in results:
+        assert not result.errors, f"a stream sent while the model loaded failed: {result.errors}"
+        assert "waiting" in result.payloads[0], "a stream sent while loading did not hear that it waits"
+        assert any(p.get("reason") == "loading" for p in result.payloads), "no stream heard why"
+        assert result.text.startswith("Hello!")
+
+
+@pytest.mark.since("02")
+def test_a_respawned_worker_is_counted_and_gets_no_chat_before_it_has_loaded(step, start):
+    """Round-robin hands requests to a worker as soon as it is forked: while the
+    replacement loads (8 s, longer than the arbiter waits), no chat may reach it."""
+    server = start(env=SLOW_LOAD, args=("--dirty-workers", "2"), dirty_workers=2)
+    wait_until_ready(server, loaded=2, workers=2)
+    victim = min(dirty_pids(server))
+    os.kill(victim, signal.SIGKILL)
+    # The arbiter's dirty_worker_exit hook runs even after a SIGKILL.
+    wait_until_ready(server, loaded=1, workers=2)
+    texts = []
+    with httpx.Client(base_url=server.base_url, timeout=GUARD, headers=AUTH) as client:
+        for _ in range(4):
+            answer = client.post("/chat/sync", json={"prompt": "hello"})
+            texts.append(answer.text)
+            assert answer.status_code in (200, 503), answer.text
+            if answer.status_code == 503:
+                assert "still loading" in answer.json()["detail"] and "Retry-After" in answer.headers
+    assert_never_socket_not_ready(texts)
+    wait_until_ready(server, loaded=2, workers=2)
+    assert victim not in dirty_pids(server)
+
+
+@pytest.mark.since("03")
+def test_the_line_follows_dirty_workers_set_by_the_environment(step, start):
+    server = start(env={"DIRTY_WORKERS": "1"}, dirty_workers=1)
+    wait_until_ready(server, loaded=1, workers=1)
+    first = Chat(server.base_url)
+    first.wait_for_first_token()
+    second = Chat(server.base_url)
+    assert "waiting" in second.wait_for_first_event(), "a 2nd chat on 1 dirty worker was not told it waits"
+    first.wait_for_end()
+    second.wait_for_end()
+
+
+@pytest.mark.since("03")
+def test_the_line_follows_the_flag_and_ttin_and_ttou(step, start):
+    # No DIRTY_WORKERS: the step's own default (32 in step 05) is overridden by the flag.
+    server = start(args=("--dirty-workers", "2"), dirty_workers=2)
+    wait_until_ready(server, loaded=2, workers=2)
+    running = [Chat(server.base_url) for _ in range(2)]
+    for chat in running:
+        chat.wait_for_first_token()
+    third = Chat(server.base_url)
+    assert "waiting" in third.wait_for_first_event(), "--dirty-workers 2: a 3rd chat did not hear it waits"
+    for chat in [*running, third]:
+        chat.wait_for_end()
+
+    os.kill(arbiter_pid(server), signal.SIGTTIN)
+    wait_until_ready(server, loaded=3, workers=3)
+    running = [Chat(server.base_url) for _ in range(2)]
+    for chat in running:
+        chat.wait_for_first_token()
+    third = Chat(server.base_url)
+    assert "waiting" not in third.wait_for_first_event(), "after TTIN, a 3rd chat still waited in line"
+    for chat in [*running, third]:
+        assert not chat.wait_for_end().errors
+
+    os.kill(arbiter_pid(server), signal.SIGTTOU)
+    wait_until_ready(server, loaded=2, workers=2)
+    running = [Chat(server.base_url) for _ in range(2)]
+    for chat in running:
+        chat.wait_for_first_token()
+    third = Chat(server.base_url)
+    assert "waiting" in third.wait_for_first_event(), "after TTOU, the line still let 3 chats run at once"
+    for chat in [*running, third]:
+        chat.wait_for_end()
+
+
+@pytest.mark.since("03")
+def test_ttou_stops_the_oldest_dirty_worker_even_mid_answer(step, start):
+    """What docs/going-further/real-model.md says: gunicorn 27.0.1 picks the oldest
+    dirty worker and sends it SIGTERM at once; the answer it was writing is cut,
+    and its client hears a model_error event, then [DONE]."""
+    server = start(args=("--dirty-workers", "2"), dirty_workers=2)
+    chats = [Chat(server.base_url) for _ in range(2)]
+    for chat in chats:
+        chat.wait_for_first_token()
+    os.kill(arbiter_pid(server), signal.SIGTTOU)
+    results = [chat.wait_for_end() for chat in chats]
+    cut = [result for result in results if result.errors]
+    errors = [result.errors for result in results]
+    assert len(cut) == 1, f"TTOU with both workers answering should cut exactly one answer: {errors}"
+    assert cut[0].errors[0]["type"] == "model_error"
+    whole = next(result for result in results if not result.errors)
+    assert whole.text.startswith("Dirty workers are"), "the answer on the worker that stays was not whole"
+    wait_until_ready(server, loaded=1, workers=1)
