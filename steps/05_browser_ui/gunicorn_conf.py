@@ -34,17 +34,20 @@ proc_name = "dirty-chat-05"
 accesslog = "-"
 
 
-# Readiness, kept in gunicorn's stash (key-value tables that the dirty arbiter
-# holds in memory): the pids of the dirty workers whose model is loaded, and
-# how many dirty workers the arbiter keeps now. main.py reads both for /ready.
-LOADED_TABLE = "model_loaded"
-POOL_TABLE = "model_pool"
+class Tables:
+    """Where the hooks below keep what /ready reports, in gunicorn's stash
+    (key-value tables that the dirty arbiter holds in memory)."""
+
+    # The pids of the dirty workers whose model is loaded.
+    LOADED = "model_loaded"
+    # How many dirty workers the arbiter keeps now, under "workers".
+    POOL = "model_pool"
 
 
 def dirty_worker_init(worker):
     # Runs in the dirty worker once its model is loaded, just before it listens.
     with StashClient(get_stash_socket_path()) as store:
-        store.put(LOADED_TABLE, worker.pid, True)
+        store.put(Tables.LOADED, worker.pid, True)
 
 
 def dirty_post_fork(arbiter, worker):
@@ -54,11 +57,11 @@ def dirty_post_fork(arbiter, worker):
 
 def dirty_worker_exit(arbiter, worker):
     # Runs in the arbiter when a dirty worker is gone, even after a SIGKILL.
-    arbiter.stash_tables.get(LOADED_TABLE, {}).pop(worker.pid, None)
+    arbiter.stash_tables.get(Tables.LOADED, {}).pop(worker.pid, None)
     _count_workers(arbiter)
 
 
 def _count_workers(arbiter):
     # The hooks that run in the arbiter write its tables directly: a stash
     # client would wait for this very process, busy running the hook.
-    arbiter.stash_tables.setdefault(POOL_TABLE, {})["workers"] = arbiter.num_workers
+    arbiter.stash_tables.setdefault(Tables.POOL, {})["workers"] = arbiter.num_workers

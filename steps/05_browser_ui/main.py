@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from gunicorn.dirty import DirtyClient, DirtyError, DirtyTimeoutError
 from gunicorn.dirty.client import get_dirty_socket_path
 from gunicorn.dirty.stash import StashClient
-from gunicorn_conf import LOADED_TABLE, POOL_TABLE
+from gunicorn_conf import Tables
 from pydantic import BaseModel, Field, StrictBool, field_validator
 from starlette.datastructures import Headers
 
@@ -162,7 +162,7 @@ def model_workers() -> tuple[int, int]:
     call this in a thread.
     """
     with StashClient(get_dirty_socket_path(), timeout=STASH_TIMEOUT) as store:
-        return len(store.keys(LOADED_TABLE)), store.get(POOL_TABLE, "workers", 0)
+        return len(store.keys(Tables.LOADED)), store.get(Tables.POOL, "workers", 0)
 
 
 @app.get("/ready")
