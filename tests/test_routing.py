@@ -12,12 +12,13 @@ import concurrent.futures
 import re
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from gunicorn.dirty import DirtyClient
 
-from harness.server import AUTH
+from harness.server import AUTH, DIRTY_READY
 from harness.sse import ChatStream, iter_events
 
 # The tests lean on the model's real answer times: long waits short.
@@ -108,7 +109,7 @@ def test_dirty_threads_give_a_worker_no_second_answer_at_once(start):
     which would otherwise hold two of them back itself.
     """
     server = start(env={"DIRTY_WORKERS": "1"}, args=("--dirty-threads", "4"), dirty_workers=1)
-    socket_path = re.search(r"Dirty arbiter listening on (\S+)", server.log()).group(1)
+    socket_path = re.search(r"Dirty arbiter listening on ([^\s\"]+)", server.log()).group(1)
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         answers = list(pool.map(lambda _: answer_times(socket_path, SHORT), range(3)))
     assert all(answers), "an answer came back empty"
@@ -118,3 +119,19 @@ def test_dirty_threads_give_a_worker_no_second_answer_at_once(start):
             "two answers streamed at once from one dirty worker: dirty_threads now gives concurrency, "
             "and docs/concepts/dirty-workers.md must change"
         )
+
+
+# A fact about gunicorn, not about a step: step 06's JSON log config hides the arbiter's debug line it reads.
+@pytest.mark.until("05")
+def test_apps_limited_to_one_worker_each_share_the_first_worker(start):
+    """Two apps of one worker each cannot give each chat a worker of its own: both load in the first."""
+    conf = Path(__file__).with_name("routing_conf.py")
+    server = start(config=conf, env={"DIRTY_WORKERS": "2", "PYTHONPATH": str(conf.parent)},
+                   args=("--log-level", "debug"), ready=False)
+    # Two lines, either way: two workers listening, or one and the arbiter's word that none is needed.
+    server.wait_for_log(f"No apps need more workers|{DIRTY_READY}", count=2, timeout=GUARD)
+    spawned = re.findall(r"Spawned dirty worker \(pid: \d+\) with apps: (.*)", server.log())
+    assert len(spawned) == 1, f"gunicorn now spreads apps limited to one worker each over workers: {spawned}"
+    assert "chat_app:ChatApp" in spawned[0] and "routing_conf:SecondChatApp" in spawned[0], (
+        f"the one dirty worker did not load both apps: {spawned[0]}"
+    )
