@@ -8,6 +8,8 @@ READY := $(VENV)/.ready
 STEP ?=
 PORT ?= 8000
 DIR ?=
+# The tests mostly wait on live servers, so four run at once even on two cores.
+PARALLEL := -n 4 --dist worksteal
 
 .DEFAULT_GOAL := help
 .PHONY: help run test check workspace diff lint clean
@@ -28,11 +30,11 @@ run: $(READY) ## serve the final step (or STEP=02 [PORT=8001]) on http://127.0.0
 	@$(BIN)/python tools/run.py "$(STEP)" "$(PORT)"
 
 test: $(READY) ## run every test CI runs (or one step's: STEP=02)
-	@$(BIN)/python tools/test.py $(if $(STEP),--step $(STEP))
+	@$(BIN)/python tools/test.py $(PARALLEL) $(if $(STEP),--step=$(STEP))
 
 check: $(READY) ## run a step's tests against your folder: make check STEP=02 DIR=workspace
 	@test -n "$(STEP)" -a -n "$(DIR)" || { echo "usage: make check STEP=02 DIR=workspace"; exit 2; }
-	@$(BIN)/python -m pytest tests --step=$(STEP) --step-dir=$(DIR)
+	@$(BIN)/python -m pytest tests --step=$(STEP) --step-dir=$(DIR) $(PARALLEL)
 
 workspace: ## copy a step into workspace/ to edit: make workspace STEP=01
 	@test -n "$(STEP)" || { echo "usage: make workspace STEP=01"; exit 2; }

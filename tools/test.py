@@ -1,6 +1,6 @@
 """Run the suite the way CI does: lint, pytest under coverage, coverage report.
 
-`make test` calls it; `make test STEP=02` passes `--step 02`. Coverage includes
+`make test` calls it; `make test STEP=02` passes `--step=02`. Coverage includes
 the code that runs inside gunicorn's forked HTTP and dirty workers (see
 [tool.coverage.run] in pyproject.toml). The full run fails below 100 %.
 """
@@ -19,7 +19,7 @@ def run(*command: str) -> int:
 
 
 def main(args: list[str]) -> int:
-    step = args[args.index("--step") + 1] if "--step" in args else None
+    step = next((arg.removeprefix("--step=") for arg in args if arg.startswith("--step=")), None)
     if run(PY, "-m", "ruff", "check", "steps", "tests", "harness", "tools"):
         return 1
     run(PY, "-m", "coverage", "erase")
