@@ -1,0 +1,83 @@
+"""The learner's loop, run literally: `make workspace`, then `make check` on the copy.
+
+Every step page sends learners to these two commands. Each test runs them in
+a sandbox copy of the repository (sharing its .venv), on an unchanged copy
+and on a copy with the step's lesson deliberately broken, where the check
+must fail and say in plain words what broke.
+"""
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tools.docs_commands import make_sandbox, reader_env
+
+
+@dataclass(frozen=True)
+class Break:
+    """A mistake a learner could make in the step's lesson, and what the check must say."""
+
+    file: str
+    old: str
+    new: str
+    says: tuple[str, ...]
+
+
+# The lesson of each step, undone; a later step keeps the break of its lesson.
+BREAKS = {
+    1: Break("main.py", "model.generate(request.prompt))", "model.generate(request.prompt)[:-1])",
+             ("chat sync answers with the canned text",)),
+    2: Break("main.py", "text = await client.execute_async(", "text = client.execute(",
+             ("health answers during a chat", "the model blocks the HTTP worker")),
+    3: Break("main.py", 'ServerSentEvent(raw_data="[DONE]")', 'ServerSentEvent(raw_data="[END]")',
+             ("is not JSON", "explained in docs/steps/03-sse-streaming.md")),
+}
+
+
+def lesson_break(number: int) -> Break:
+    return BREAKS[max(n for n in BREAKS if n <= number)]
+
+
+@pytest.fixture
+def sandbox(request, tmp_path) -> Path:
+    if request.config.getoption("--step-dir"):
+        pytest.skip("make check runs on the shipped steps, not on a copy of one")
+    return make_sandbox(tmp_path / "repo")
+
+
+def learner(command: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a command as a learner types it in a fresh shell."""
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=reader_env(), stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def workspace(step, sandbox: Path) -> Path:
+    number = f"{step.number:02d}"
+    made = learner(f"make workspace STEP={number}", sandbox)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert f"make check STEP={number} DIR=workspace" in made.stdout
+    return sandbox / "workspace"
+
+
+def test_make_check_passes_on_an_unchanged_copy(step, sandbox):
+    workspace(step, sandbox)
+    check = learner(f"make check STEP={step.number:02d} DIR=workspace", sandbox)
+    tail = "\n".join((check.stdout + check.stderr).splitlines()[-30:])
+    assert check.returncode == 0, f"make check failed on an unchanged copy of {step}:\n{tail}"
+    assert " passed" in tail and " failed" not in tail, tail
+
+
+def test_make_check_says_what_broke(step, sandbox):
+    mistake = lesson_break(step.number)
+    source = workspace(step, sandbox) / mistake.file
+    text = source.read_text()
+    assert text.count(mistake.old) == 1, f"{mistake.old!r} is no longer in {step}/{mistake.file}"
+    source.write_text(text.replace(mistake.old, mistake.new))
+    check = learner(f"make check STEP={step.number:02d} DIR=workspace", sandbox)
+    output = check.stdout + check.stderr
+    assert check.returncode != 0, f"make check passed with {mistake.new!r} in {mistake.file}"
+    assert "what broke, in plain words" in output, output[-3000:]
+    missing = [words for words in mistake.says if words not in output]
+    assert not missing, f"the check did not say {missing}:\n{output[-3000:]}"
