@@ -64,3 +64,19 @@ def test_a_missing_environment_says_to_run_make_venv(tmp_path, monkeypatch):
     monkeypatch.setattr(doctor, "READY", str(tmp_path / ".ready"))
     result = doctor.check_environment()
     assert not result.ok and "make venv" in result.fix and "make offline-venv" in result.fix
+
+
+def test_a_fresh_clone_gets_the_next_step_not_a_failure(tmp_path):
+    # A fresh clone has no .venv yet: make doctor is the first command the home page gives.
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "doctor.py").write_text(DOCTOR.read_text())
+    (tmp_path / "requirements.txt").write_text((ROOT / "requirements.txt").read_text())
+    python = "python3" if subprocess.run(["python3", "-c", ""]).returncode == 0 else sys.executable
+    result = subprocess.run([python, str(tmp_path / "tools" / "doctor.py"), "--port", str(free_port())],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "✘" not in result.stdout, result.stdout
+    assert "→ The environment (.venv) is not installed yet" in result.stdout
+    assert "Next: make run installs it first" in result.stdout
+    last = result.stdout.splitlines()[-1]
+    assert last.startswith("Nothing to fix: this machine is ready. Start with: make run"), last

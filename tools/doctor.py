@@ -2,8 +2,9 @@
 
 Standard library only, and written for old Pythons too, so that it runs
 before the environment exists and can say in plain words what is missing.
-Every check prints a line with ✔ or ✘, and how to fix what is wrong.
-Exits 1 if something is wrong, 0 if everything is ready.
+Every check prints a line with ✔ or ✘, and how to fix what is wrong; a
+missing environment is no fault but the next step (→), since make run
+installs it. Exits 1 if something is wrong, 0 otherwise.
 
     python3 tools/doctor.py [--port 8000]
 """
@@ -37,10 +38,12 @@ with start_server(find_step("02"), dirty_workers=2) as server:
 
 
 class Result:
-    def __init__(self, ok, label, fix=""):
+    def __init__(self, ok, label, fix="", next_step=False):
         self.ok = ok
         self.label = label
         self.fix = fix
+        # Not a fault, only what comes next: the line shows → and "Next:".
+        self.next_step = next_step
 
 
 def check_python(version=None):
@@ -88,8 +91,8 @@ def check_port(port):
 def check_environment():
     if not os.path.exists(READY):
         return Result(False, "The environment (.venv) is not installed yet",
-                      "run: make venv   (it needs the internet; without it, ask for the wheelhouse "
-                      "and run: make offline-venv)")
+                      "make run installs it first, or make venv alone (it needs the internet; without it, "
+                      "ask for the wheelhouse and run: make offline-venv)", next_step=True)
     if os.path.getmtime(READY) < os.path.getmtime(REQUIREMENTS):
         return Result(False, "The environment (.venv) is older than requirements.txt",
                       "run: make venv   (it updates the environment)")
@@ -130,9 +133,12 @@ def main(argv):
 
     def show(result):
         results.append(result)
-        print("{} {}".format("✔" if result.ok else "✘", result.label))
-        if not result.ok:
-            print("  Fix: " + result.fix)
+        if result.next_step:
+            print(f"→ {result.label}\n  Next: {result.fix}")
+        else:
+            print("{} {}".format("✔" if result.ok else "✘", result.label))
+            if not result.ok:
+                print("  Fix: " + result.fix)
         sys.stdout.flush()
 
     show(check_python())
@@ -149,11 +155,14 @@ def main(argv):
     else:
         print("- Skipped: starting a step (it needs the environment)")
 
-    problems = sum(1 for result in results if not result.ok)
+    problems = sum(1 for result in results if not result.ok and not result.next_step)
     if problems:
         print("{} problem{} to fix: fix {}, then run make doctor again.".format(
             problems, "s" if problems > 1 else "", "them" if problems > 1 else "it"))
         return 1
+    if not environment.ok:
+        print("Nothing to fix: this machine is ready. Start with: make run (it installs the environment)")
+        return 0
     print("All good: this machine is ready. Start with: make run")
     return 0
 
