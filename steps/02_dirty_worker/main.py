@@ -23,6 +23,8 @@ ANSWER_TIMEOUT = 30.0
 # stash may take before /ready gives up on the arbiter.
 LOADING_RETRY_AFTER = 5
 STASH_TIMEOUT = 2.0
+# How often a held chat looks again at the dirty workers.
+LOOK_EVERY = 0.5
 
 
 class ChatRequest(BaseModel):
@@ -95,18 +97,25 @@ async def require_json(request: Request) -> None:
 
 
 async def model_loaded() -> None:
-    """Refuse a chat while any dirty worker is still loading its model.
+    """Hold a chat while a dirty worker loads its model; refuse it if none has.
 
     The arbiter hands requests to its workers in turn, loaded or not, and
-    gives up on one that is not listening after 5 s.
+    gives up on one that is not listening after 5 s: so a chat goes on only
+    once every worker has loaded.
     """
-    loaded, workers = await asyncio.to_thread(model_workers)
-    if loaded < workers:
-        raise HTTPException(
-            503,
-            f"the model is still loading: {loaded} of {workers} dirty workers are ready",
-            headers={"Retry-After": str(LOADING_RETRY_AFTER)},
-        )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ANSWER_TIMEOUT
+    while True:
+        loaded, workers = await asyncio.to_thread(model_workers)
+        if loaded >= workers:
+            return
+        if not loaded or loop.time() > deadline:
+            raise HTTPException(
+                503,
+                f"the model is still loading: {loaded} of {workers} dirty workers are ready",
+                headers={"Retry-After": str(LOADING_RETRY_AFTER)},
+            )
+        await asyncio.sleep(LOOK_EVERY)
 
 
 @app.get("/health")
