@@ -23,7 +23,8 @@ ANSWER_TIMEOUT = 30.0
 # stash may take before /ready gives up on the arbiter.
 LOADING_RETRY_AFTER = 5
 STASH_TIMEOUT = 2.0
-# How often a held chat looks again at the dirty workers.
+# How long a chat waits for a dirty worker that loads, and how often it looks.
+LOAD_WAIT = 30.0
 LOOK_EVERY = 0.5
 
 
@@ -104,7 +105,7 @@ async def model_loaded() -> None:
     once every worker has loaded.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + ANSWER_TIMEOUT
+    deadline = loop.time() + LOAD_WAIT
     while True:
         loaded, workers = await asyncio.to_thread(model_workers)
         if loaded >= workers:
