@@ -412,7 +412,7 @@ def test_the_same_size_again_wakes_nobody(step, capacity):
     place = line.join()
     place.moved.clear()
     line.resize(workers=1, max_waiting=2, loading=False)
-    assert not place.moved.is_set(), "an unchanged look woke those in line: they would hear their place every 0.5 s"
+    assert not place.moved.is_set(), "an unchanged look woke those in line"
 
 
 def test_giving_up_while_a_worker_loads_says_so(step, capacity):
