@@ -26,8 +26,8 @@ $(READY): requirements.txt
 
 venv: $(READY) ## create the environment from the lock file
 
-run: $(READY) ## serve the final step (or STEP=02 [PORT=8001]) on http://127.0.0.1:8000
-	@$(BIN)/python tools/run.py "$(STEP)" "$(PORT)"
+run: $(READY) ## serve the final step (or STEP=02, or your copy: DIR=workspace; PORT=8001) on http://127.0.0.1:8000
+	@$(BIN)/python tools/run.py "$(STEP)" "$(PORT)" "$(DIR)"
 
 test: $(READY) ## run every test CI runs (or one step's: STEP=02)
 	@$(BIN)/python tools/test.py $(PARALLEL) $(if $(STEP),--step=$(STEP))

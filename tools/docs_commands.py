@@ -325,12 +325,17 @@ def run_serve(command: Command, sandbox: Path, timeout: float = 120) -> Outcome:
                 break
             time.sleep(0.1)
         if answered and not docs:
-            # Show the whole start: every dirty worker the arbiter spawned is listening.
+            # Show the whole start: `make run` says when it is ready (tools/run.py);
+            # under gunicorn itself, every dirty worker the arbiter spawned is listening.
             while time.monotonic() < deadline:
                 log_text = log_path.read_text(errors="replace")
-                listening = len(re.findall(r"Dirty worker \d+ listening", log_text))
-                if listening >= log_text.count("Spawned dirty worker"):
-                    break
+                if "make run" in command.text:
+                    if re.search(r"^(Ready|Not ready)\b", log_text, re.MULTILINE):
+                        break
+                else:
+                    listening = len(re.findall(r"Dirty worker \d+ listening", log_text))
+                    if listening >= log_text.count("Spawned dirty worker"):
+                        break
                 time.sleep(0.05)
         output = log_path.read_text(errors="replace")
     finally:
