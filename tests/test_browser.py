@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.since("05"), pytest.mark.browser]
 OUTPUT = ROOT / "test-output"
 # The newest answer of the conversation, in JavaScript.
 LAST_BOT = "[...document.querySelectorAll('.msg.bot')].at(-1)"
-WAITING = "Waiting for a free model worker ({} in line)…"
+WAITING = "Waiting for a free model worker: you are number {} in line…"
 ONE_WORKER = {"env": {"DIRTY_WORKERS": "1"}, "dirty_workers": 1}
 
 

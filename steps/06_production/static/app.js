@@ -252,7 +252,7 @@ function render(turn) {
 
 function showWaiting(turn, position) {
   turn.isWaiting = true;
-  turn.waiting.textContent = `Waiting for a free model worker (${Number(position)} in line)…`;
+  turn.waiting.textContent = `Waiting for a free model worker: you are number ${Number(position)} in line…`;
   turn.waiting.hidden = false;
   render(turn);
 }
