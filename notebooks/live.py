@@ -129,10 +129,11 @@ def attach(url: str) -> Server:
     return Server(name="CHAT_URL", url=url)
 
 
-def start(step: str, **env: object) -> Server:
+def start(step: str, *, ready: bool = True, **env: object) -> Server:
     """Start a step's gunicorn on a free port, with extra environment (DIRTY_WORKERS=1).
 
-    Returns once /health answers and every dirty worker has loaded the model.
+    Returns once /health answers and every dirty worker has loaded the model;
+    with ready=False as soon as /health answers, to watch the model load.
     """
     global _log_dir
     env = {key: str(value) for key, value in env.items()}
@@ -148,7 +149,8 @@ def start(step: str, **env: object) -> Server:
             env=env,
             log_dir=_log_dir,
             timeout=START_TIMEOUT,
-            dirty_workers=dirty_workers(step_dir, env),
+            dirty_workers=dirty_workers(step_dir, env) if ready else 0,
+            ready=ready,
         )
     except ServerError as exc:
         raise NotebookServerError(f"the server of step {step_dir.name} did not start: {exc}") from None
