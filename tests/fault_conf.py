@@ -1,13 +1,23 @@
 """A test-only gunicorn config: the step's own settings plus a faulty model.
 
-The tests start a server with `-c tests/fault_conf.py` and CHAT_FAULT set;
-the step's code knows nothing about it, and normal runs cannot reach it.
+The tests start a server with `-c tests/fault_conf.py` and the variables
+below; the step's code knows nothing about it, and normal runs cannot reach it.
+A fault strikes where a real model fails, while the model produces a token:
+the model's `split_tokens` is swapped for one that misbehaves at a word, so
+the answer's own code is on the stack when it does.
 
-CHAT_FAULT=raise:N   the model raises after N tokens
-CHAT_FAULT=stall:N   the model stops for CHAT_FAULT_STALL seconds after N tokens
+CHAT_FAULT=raise:N   the model raises after N words of an answer
+CHAT_FAULT=stall:N   the model stops for CHAT_FAULT_STALL seconds after N words
+CHAT_FAULT_ONCE=path the fault strikes one answer only, in whichever dirty
+                     worker comes first: it creates this file, and a model
+                     that finds the file there answers normally
+CHAT_WATCHDOG=S      the model's watchdog fires after S seconds without a
+                     token, instead of WATCHDOG_SECONDS (CHAT_FAULT may be
+                     left out: the model then does not misbehave)
 """
 
 import os
+import sys
 import time
 
 import gunicorn_conf
@@ -16,24 +26,38 @@ from gunicorn_conf import *  # noqa: F403  (the step's own settings)
 CHAT_APP = "chat_app:ChatApp"
 
 
-def _faulty(produce, kind, after, stall):
-    def wrapper(*args, **kwargs):
-        for count, token in enumerate(produce(*args, **kwargs)):
-            if count == after:
+def _strikes(once: str) -> bool:
+    """Whether the fault strikes now: always, or with `once` only the first time."""
+    if not once:
+        return True
+    try:
+        os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _faulty(split_tokens, kind, after, stall, once):
+    def faulty_split_tokens(text):
+        for count, token in enumerate(split_tokens(text)):
+            if count == after and _strikes(once):
                 if kind == "raise":
                     raise RuntimeError("injected fault: the model crashed")
                 time.sleep(stall)
             yield token
 
-    return wrapper
+    return faulty_split_tokens
 
 
 def dirty_worker_init(worker):
     # The step's own hook first: it tells /ready that this worker's model is loaded.
     gunicorn_conf.dirty_worker_init(worker)
-    kind, _, after = os.environ["CHAT_FAULT"].partition(":")
-    stall = float(os.environ.get("CHAT_FAULT_STALL", "30"))
-    app = worker.apps[CHAT_APP]
-    # The action that produces tokens: `tokens` in step 02, `stream` later.
-    name = "stream" if hasattr(app, "stream") else "tokens"
-    setattr(app, name, _faulty(getattr(app, name), kind, int(after or 0), stall))
+    # The module the dirty worker loaded the model from.
+    model = sys.modules[type(worker.apps[CHAT_APP]).__module__]
+    if "CHAT_WATCHDOG" in os.environ:
+        model.WATCHDOG_SECONDS = float(os.environ["CHAT_WATCHDOG"])
+    if "CHAT_FAULT" in os.environ:
+        kind, _, after = os.environ["CHAT_FAULT"].partition(":")
+        stall = float(os.environ.get("CHAT_FAULT_STALL", "30"))
+        once = os.environ.get("CHAT_FAULT_ONCE", "")
+        model.split_tokens = _faulty(model.split_tokens, kind, int(after or 0), stall, once)

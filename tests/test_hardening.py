@@ -3,7 +3,7 @@ shutdown with streams open, and text from every script.
 
 Most tests start a server of their own with one dirty worker, so that what
 one test breaks no other test sees, and a busy worker shows at once.
-Two scenarios meet limits of gunicorn 27 itself and are strict xfails: the
+One scenario meets a limit of gunicorn 27 itself and is a strict xfail: the
 reason says which, and the test will pass (and the xfail must go) once
 gunicorn lifts it.
 """
@@ -254,15 +254,6 @@ SILENT_MODEL = {
     "dirty_workers": 1,
 }
 
-STUCK_WORKER_KEPT = (
-    "gunicorn 27 beats a dirty worker's heartbeat from its event loop, beside the model's "
-    "thread, so a model stuck mid-answer never looks stuck: the arbiter times the request "
-    "out but keeps the worker, and every later request gets no token until the stall ends. "
-    "A gunicorn limitation: working around it takes gunicorn's private internals, which "
-    "the tutorial does not teach; the docs' troubleshooting page says what to do."
-)
-
-
 @pytest.mark.since("03")
 def test_a_silent_model_ends_the_stream_with_a_timeout(step, start_faulty):
     server = start_faulty("stall:3", **SILENT_MODEL)
@@ -295,21 +286,166 @@ def test_a_silent_model_times_out_a_sync_chat(step, start_faulty):
         assert http.get("/health").status_code == 200
 
 
+# --- a model stuck mid-answer is replaced by its watchdog -------------------
+
+FAULT_CONF = Path(__file__).with_name("fault_conf.py")
+# The watchdog's limit in these servers (the steps' WATCHDOG_SECONDS is 20 s):
+# longer than dirty_timeout, so that the arbiter tells the client first.
+STUCK_WATCHDOG = 2 * DIRTY_TIMEOUT
+# Far longer than any pause of a working model (a word takes under 0.1 s, a
+# thinking dot under 0.5 s), and shorter than a whole answer (at least 1.8 s).
+QUICK_WATCHDOG = 1.5
+# The first line faulthandler prints when the watchdog fires; every thread's stack follows.
+WATCHDOG_FIRED = r"Timeout \([\d:.]+\)!"
+# In the stuck thread's stack: the model's own line, in its action.
+MODEL_FRAME = r'File "[^"]*chat_app\.py", line \d+ in (stream|tokens)'
+
+
+def stuck_model(tmp_path: Path) -> dict:
+    """The silent model with one dirty worker and a quick watchdog; its stall strikes one answer only."""
+    env = {
+        **SILENT_MODEL["env"],
+        "CHAT_WATCHDOG": str(STUCK_WATCHDOG),
+        "CHAT_FAULT_ONCE": str(tmp_path / "stalled"),
+    }
+    return {**SILENT_MODEL, "env": env, "args": [*SILENT_MODEL["args"], "--dirty-workers", "1"]}
+
+
+def assert_replaced_by_its_watchdog(server, stuck: int) -> None:
+    """The stuck dirty worker exits with its stacks in the log, and a fresh one listens."""
+    replaced = poll(lambda: stuck not in dirty_worker_pids(server), timeout=STUCK_WATCHDOG + 10)
+    assert replaced, f"the stuck dirty worker {stuck} was not replaced after {STUCK_WATCHDOG + 10} s"
+    log = server.log()
+    assert re.search(WATCHDOG_FIRED, log), "the watchdog's report (faulthandler's stacks) is not in the log"
+    assert re.search(MODEL_FRAME, log), f"the stacks in the log miss the stuck model's line:\n{log[-3000:]}"
+    # Logged by the arbiter as it reaps the worker, a moment after the worker is gone.
+    server.wait_for_log(rf"Dirty worker exited \(pid:{stuck}\)", timeout=10)
+    server.wait_for_log(DIRTY_READY, count=2, timeout=10)
+
+
+def assert_the_watchdog_stayed_quiet(server, worker: int) -> None:
+    """Idle for longer than the watchdog's limit, the same dirty worker still serves."""
+    gone = poll(lambda: dirty_worker_pids(server) != {worker}, timeout=3 * QUICK_WATCHDOG)
+    assert not gone, f"dirty worker {worker} was replaced while idle: {dirty_worker_pids(server)}"
+    assert not re.search(WATCHDOG_FIRED, server.log()), "the watchdog fired although no answer was running"
+
+
+def start_watched(start):
+    """The step with one dirty worker, whose model's watchdog fires after QUICK_WATCHDOG; no fault."""
+    env = {**ONE_WORKER_ANY_STEP["env"], "CHAT_WATCHDOG": str(QUICK_WATCHDOG)}
+    return start(config=FAULT_CONF, **{**ONE_WORKER_ANY_STEP, "env": env})
+
+
 @pytest.mark.since("03")
-@pytest.mark.xfail(strict=True, reason=STUCK_WORKER_KEPT)
-def test_a_silent_model_is_replaced(step, start_faulty):
-    server = start_faulty("stall:3", **SILENT_MODEL)
+def test_a_silent_model_is_replaced(step, start_faulty, step_module, tmp_path):
+    chat_app = step_module("chat_app")
+    server = start_faulty("stall:3", **stuck_model(tmp_path))
     (stuck,) = dirty_worker_pids(server)
     with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
         first = stream_chat(http, "explain")
+        assert classify(first) == FAILED, first.body[-300:]
         assert first.errors[0]["type"] == "timeout"
-        # No request meanwhile: each one would count as a sign of life.
-        replaced = poll(lambda: stuck not in dirty_worker_pids(server), timeout=3 * DIRTY_TIMEOUT + 2)
-        assert replaced, f"dirty worker {stuck} still serves after {3 * DIRTY_TIMEOUT + 2} s"
-        server.wait_for_log(DIRTY_READY, count=2, timeout=10)
-        # A working model again: its first tokens come (then the fault stalls it, as before).
+        # The error and [DONE] came after dirty_timeout of silence, not after the stall.
+        silence = first.events[-1].at - first.token_events[-1].at
+        assert silence < DIRTY_TIMEOUT + 2, f"the stream ended {silence:.1f} s after its last word"
+        assert_replaced_by_its_watchdog(server, stuck)
+        # The fresh worker answers in full: the stall struck once.
         again = stream_chat(http, "explain")
-        assert len(again.token_events) == 3
+        assert classify(again) == COMPLETE, again.body[-300:]
+        assert again.text == chat_app.EXPLAIN
+
+
+@pytest.mark.since("02")
+def test_a_silent_model_is_replaced_after_a_sync_chat(step, start_faulty, step_module, tmp_path):
+    chat_app = step_module("chat_app")
+    server = start_faulty("stall:3", **stuck_model(tmp_path))
+    (stuck,) = dirty_worker_pids(server)
+    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
+        sent = time.monotonic()
+        response = http.post("/chat/sync", json={"prompt": "explain"})
+        waited = time.monotonic() - sent
+        assert response.status_code == 504, response.text
+        assert waited < DIRTY_TIMEOUT + 2, f"the timeout came after {waited:.1f} s"
+        assert_replaced_by_its_watchdog(server, stuck)
+        after = http.post("/chat/sync", json={"prompt": "explain"})
+        assert after.status_code == 200, after.text
+        assert after.json()["response"] == chat_app.EXPLAIN
+
+
+@pytest.mark.paced
+@pytest.mark.since("02")
+def test_the_watchdog_spares_a_working_model(step, start, step_module):
+    chat_app = step_module("chat_app")
+    server = start_watched(start)
+    (worker,) = dirty_worker_pids(server)
+    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
+        sent = time.monotonic()
+        response = http.post("/chat/sync", json={"prompt": "explain"})
+        took = time.monotonic() - sent
+        assert response.status_code == 200, response.text
+        assert response.json()["response"] == chat_app.EXPLAIN
+        # Longer than the watchdog's limit: each word started the countdown again.
+        assert took > QUICK_WATCHDOG, took
+        # Streamed from step 03; from step 04 also with a thinking phase, whose dots come slower.
+        streams = [thinking for thinking in (False, True) if step.number >= (4 if thinking else 3)]
+        for thinking in streams:
+            result = stream_chat(http, "explain", thinking=thinking)
+            assert classify(result) == COMPLETE, result.body[-300:]
+            assert result.text.endswith(chat_app.EXPLAIN)
+            assert result.events[-1].at - result.started > QUICK_WATCHDOG
+    # The finished answers left no countdown running.
+    assert_the_watchdog_stayed_quiet(server, worker)
+
+
+@pytest.mark.paced
+@pytest.mark.since("03")
+def test_a_hang_up_leaves_no_watchdog_behind(step, start):
+    server = start_watched(start)
+    (worker,) = dirty_worker_pids(server)
+    headers = {**AUTH, "Connection": "close"}
+    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=headers) as http:
+        # At this pace the answer has seconds to go: the hang-up closes it mid-answer.
+        drop = stream_chat(http, "explain", stop_after_tokens=1)
+        assert drop.status == 200 and len(drop.token_events) == 1, drop.body[-300:]
+        assert_the_watchdog_stayed_quiet(server, worker)
+        assert classify(stream_chat(http, "hello")) == COMPLETE
+    assert dirty_worker_pids(server) == {worker}
+
+
+@pytest.mark.since("02")
+def test_the_watchdog_restarts_for_each_token_and_always_stops(step, step_module, monkeypatch):
+    """In-process, with faulthandler's two calls recorded: every way out of an answer stops the countdown."""
+    chat_app = step_module("chat_app")
+    monkeypatch.setattr(chat_app, "WORD_DELAY", (0, 0))
+    calls = []
+    watchdog = chat_app.faulthandler
+    monkeypatch.setattr(watchdog, "dump_traceback_later", lambda *args, **kwargs: calls.append("start"))
+    monkeypatch.setattr(watchdog, "cancel_dump_traceback_later", lambda: calls.append("stop"))
+    app = chat_app.ChatApp()
+    produce = app.stream if hasattr(app, "stream") else app.tokens
+    words = len(chat_app.split_tokens(chat_app.GREETING))
+
+    # To the end: started before the first word and after each one, then stopped.
+    assert len(list(produce("hello"))) == words
+    assert calls == ["start"] * (1 + words) + ["stop"]
+
+    # Abandoned: the dirty worker closes the generator when the client hangs up.
+    calls.clear()
+    answer = produce("hello")
+    next(answer)
+    answer.close()
+    assert calls == ["start", "start", "stop"]
+
+    # Failed: the model raises while producing a word.
+    def crashing(text):
+        yield "Hello"
+        raise RuntimeError("the model crashed")
+
+    calls.clear()
+    monkeypatch.setattr(chat_app, "split_tokens", crashing)
+    with pytest.raises(RuntimeError):
+        list(produce("hello"))
+    assert calls == ["start", "start", "stop"]
 
 
 # --- clients hang up, again and again ----------------------------------------

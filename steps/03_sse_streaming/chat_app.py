@@ -5,12 +5,14 @@ between words the way a real model pauses between tokens. Gunicorn loads it
 once in every dirty worker, far from the HTTP workers it would otherwise block.
 """
 
+import faulthandler
 import logging
 import os
 import random
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from gunicorn.dirty import DirtyApp
 
@@ -72,6 +74,9 @@ ANSWERS = [
 PACE = float(os.environ.get("CHAT_PACE", "1"))
 # Seconds between two words: the time a real model would spend on a token.
 WORD_DELAY = (0.03 * PACE, 0.08 * PACE)
+# A working model never pauses this long between two tokens: past it, the
+# watchdog ends the stuck dirty worker, and the arbiter starts a fresh one.
+WATCHDOG_SECONDS = 20
 # Seconds that "loading the weights" takes, once per dirty worker.
 LOAD_SECONDS = float(os.environ.get("CHAT_LOAD_SECONDS", "0.5"))
 
@@ -94,6 +99,29 @@ def split_tokens(text: str) -> list[str]:
     return re.findall(r"\s*\S+", text)
 
 
+@contextmanager
+def watchdog(seconds: float) -> Iterator[Callable[[], None]]:
+    """Give a function to call for every token; if `seconds` pass without a
+    call, print every thread's stack to stderr and end this process.
+
+    Gunicorn's heartbeat comes from the dirty worker's event loop, which stays
+    free while the model's thread is stuck: only the model's own loop can tell.
+    faulthandler keeps one timer per process, which is enough while the worker
+    runs its model in one thread (gunicorn's dirty_threads, 1 by default).
+    """
+
+    def alive():
+        # Each call starts the countdown again.
+        faulthandler.dump_traceback_later(seconds, exit=True)
+
+    alive()
+    try:
+        yield alive
+    finally:
+        # Reached when the answer ends, fails, or is abandoned (a client hang-up closes the generator).
+        faulthandler.cancel_dump_traceback_later()
+
+
 class ChatApp(DirtyApp):
     """A stand-in for a real model: loaded once, slow to answer, one word at a time.
 
@@ -108,6 +136,8 @@ class ChatApp(DirtyApp):
     def stream(self, prompt: str) -> Iterator[str]:
         """Yield the answer word by word: a generator makes this a streaming
         action, and the dirty worker sends each word on as soon as it exists."""
-        for token in split_tokens(pick_answer(prompt)):
-            time.sleep(random.uniform(*WORD_DELAY))
-            yield token
+        with watchdog(WATCHDOG_SECONDS) as alive:
+            for token in split_tokens(pick_answer(prompt)):
+                time.sleep(random.uniform(*WORD_DELAY))
+                alive()
+                yield token
