@@ -103,7 +103,7 @@ def drain(address: str, timeout: float) -> None:
         time.sleep(POLL_EVERY)
         left = in_flight(address)
     if left:
-        print(f"{address}: {left} chats still in flight after {timeout:.0f} s: stopping anyway", flush=True)
+        print(f"{address}: chats still in flight after {timeout:.0f} s: {left}; stopping anyway", flush=True)
 
 
 def stop(pidfile: Path, timeout: float) -> int:
@@ -173,7 +173,7 @@ class RollingRestart:
         options = self.options
         began = time.monotonic()
         self.nginx.mark(address, down=True)
-        say(f"out of nginx, {in_flight(address)} chats in flight")
+        say(f"out of nginx; chats in flight: {in_flight(address)}")
         drain(address, options.drain_timeout)
         pid = stop(self.pidfile(address), options.stop_timeout)
         say(f"drained and stopped (pid {pid}) in {time.monotonic() - began:.1f} s")
@@ -204,12 +204,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    began = time.monotonic()
     try:
         count = RollingRestart(parse(argv)).run()
     except RestartError as exc:
         print(f"rolling restart stopped: {exc}", file=sys.stderr)
         return 1
-    print(f"restarted {count} instances, one at a time")
+    print(f"restarted {count} instances, one at a time, in {time.monotonic() - began:.1f} s")
     return 0
 
 
