@@ -14,7 +14,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from gunicorn.dirty import DirtyClient, DirtyError, DirtyTimeoutError
 from gunicorn.dirty.client import get_dirty_socket_path
 from gunicorn.dirty.stash import StashClient
-from gunicorn_conf import Tables
+from gunicorn_conf import Tables, dirty_workers
 from pydantic import BaseModel, Field, StrictBool, field_validator
 from starlette.datastructures import Headers
 
@@ -112,8 +112,9 @@ async def lifespan(app: FastAPI):
 
 app = FastAPI(title="Dirty chat", lifespan=lifespan)
 app.add_middleware(LimitBodySize, max_bytes=MAX_BODY_BYTES)
-# Empty until follow_model_workers() has looked at the dirty workers.
-capacity = Capacity(0, 0, RETRY_AFTER)
+# gunicorn_conf's number until a look at the dirty workers (at start, and
+# before every chat) says how many the arbiter keeps.
+capacity = Capacity(dirty_workers, WAITING_PER_WORKER * dirty_workers, RETRY_AFTER)
 
 
 @app.exception_handler(RequestValidationError)
