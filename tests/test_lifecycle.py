@@ -233,3 +233,19 @@ def test_ttou_stops_the_oldest_dirty_worker_even_mid_answer(step, start):
     whole = next(result for result in results if not result.errors)
     assert whole.text.startswith("Dirty workers are"), "the answer on the worker that stays was not whole"
     wait_until_ready(server, loaded=1, workers=1)
+
+
+@pytest.mark.since("02")
+def test_ready_says_503_when_the_dirty_arbiter_does_not_answer(step, start):
+    server = start(args=("--dirty-workers", "1"), dirty_workers=1)
+    arbiter = arbiter_pid(server)
+    os.kill(arbiter, signal.SIGSTOP)
+    try:
+        stuck = ready(server)
+        health = httpx.get(f"{server.base_url}/health", timeout=10)
+    finally:
+        os.kill(arbiter, signal.SIGCONT)
+    assert stuck.status_code == 503, f"/ready said {stuck.status_code} while no arbiter could answer"
+    assert "unavailable" in stuck.json()["detail"], stuck.text
+    assert health.status_code == 200, "/health must not depend on the dirty arbiter"
+    wait_until_ready(server, loaded=1, workers=1)
