@@ -59,11 +59,12 @@ clean: ## remove the environment and test outputs
 
 # --- the tutorial site and the workshop kit ---
 .PHONY: docs docs-outputs doctor wheelhouse offline-venv
-DOCS_PORT ?= 8001
+# make docs takes 8001, beside make run's 8000, unless given PORT= itself.
+DOCS_PORT ?= $(if $(filter command line,$(origin PORT)),$(PORT),8001)
 REQUIREMENTS ?= requirements.txt
 WHEELHOUSE ?= wheelhouse
 
-docs: $(READY) ## serve the tutorial site with live reload on http://127.0.0.1:8001
+docs: $(READY) ## serve the tutorial site with live reload on http://127.0.0.1:8001 (or PORT=8002)
 	$(BIN)/mkdocs serve -a 127.0.0.1:$(DOCS_PORT)
 
 docs-outputs: $(READY) ## run the pages' commands and write the outputs they show (docs/generated/outputs)

@@ -81,3 +81,11 @@ def test_make_check_says_what_broke(step, sandbox):
     assert "what broke, in plain words" in output, output[-3000:]
     missing = [words for words in mistake.says if words not in output]
     assert not missing, f"the check did not say {missing}:\n{output[-3000:]}"
+
+
+def test_make_docs_takes_8001_or_the_port_it_is_given():
+    root = Path(__file__).resolve().parent.parent
+    default = learner("make -n docs", root)
+    given = learner("make -n docs PORT=8002", root)
+    assert "mkdocs serve -a 127.0.0.1:8001" in default.stdout, default.stdout + default.stderr
+    assert "mkdocs serve -a 127.0.0.1:8002" in given.stdout, given.stdout + given.stderr
