@@ -3,9 +3,10 @@
 These tests pin what docs/concepts/capacity.md says about gunicorn 27: the
 line in capacity.py bounds how many chats run at once, but the arbiter picks
 the dirty worker round-robin, so a chat can wait behind a busy worker while
-another one sits idle; and `dirty_threads` gives a worker no second answer at
-once. If gunicorn ever routes to the idle worker, these tests fail, and the
-page must change with them.
+another one sits idle; nothing in gunicorn's settings changes that (not
+`dirty_threads`, which gives a worker no second answer at once, nor per-app
+worker limits). If gunicorn ever routes to the idle worker, these tests fail,
+and the page must change with them.
 """
 
 import concurrent.futures
@@ -27,6 +28,8 @@ pytestmark = [pytest.mark.since("03"), pytest.mark.paced]
 # The long answer (about 3.6 s at a real model's pace) and the short one (about 1.8 s).
 LONG, SHORT = "explain dirty workers", "hello"
 CHAT_APP = "chat_app:ChatApp"
+# make bench's config: with BENCH_ROUTING=least-busy, the arbiter picks the least busy worker.
+BENCH_CONF = Path(__file__).resolve().parent.parent / "tools" / "bench_conf.py"
 # Bounds every wait of these tests, so that a broken server fails them instead of hanging.
 GUARD = 60.0
 
@@ -75,11 +78,8 @@ class Chat:
         return any("waiting" in payload for payload in self.result.payloads)
 
 
-# The long answer must outlast the short one by more than the machine's jitter: a real model's pace.
-@pytest.mark.paced
-def test_a_chat_waits_behind_a_busy_worker_while_another_is_idle(start):
-    """A (long) and B (short) run on the two workers; C, sent once B is over, takes A's worker."""
-    server = start(env={"DIRTY_WORKERS": "2"}, dirty_workers=2)
+def long_short_then_one_more(server) -> tuple[Chat, Chat]:
+    """A (long) and B (short) take the two workers; C is sent once B is over. Returns A and C."""
     a = Chat(server.base_url, LONG)
     a.wait_for_first_token()
     b = Chat(server.base_url, SHORT)
@@ -90,9 +90,29 @@ def test_a_chat_waits_behind_a_busy_worker_while_another_is_idle(start):
     c.wait_for_end()
     a.wait_for_end()
     assert not c.waited, "the line held back a chat although one of the two dirty workers was free"
+    return a, c
+
+
+# The long answer must outlast the short one by more than the machine's jitter: a real model's pace.
+@pytest.mark.paced
+def test_a_chat_waits_behind_a_busy_worker_while_another_is_idle(start):
+    """Round-robin sends C to A's worker: C's first word comes only after A's last."""
+    a, c = long_short_then_one_more(start(env={"DIRTY_WORKERS": "2"}, dirty_workers=2))
     assert c.first_token > a.last_token, (
         "a chat sent while one dirty worker was idle got its first word before the busy worker "
         "finished: the arbiter no longer routes blind to load, and docs/concepts/capacity.md must change"
+    )
+
+
+@pytest.mark.paced
+def test_a_least_busy_arbiter_would_put_that_chat_on_the_idle_worker(start):
+    """The same experiment with make bench's least-busy arbiter: the test above can fail, and would."""
+    server = start(config=BENCH_CONF, env={"DIRTY_WORKERS": "2", "BENCH_ROUTING": "least-busy"},
+                   dirty_workers=2)
+    a, c = long_short_then_one_more(server)
+    assert c.first_token < a.last_token, (
+        "with the arbiter patched to pick the least busy worker, the chat still waited for the busy one: "
+        "tools/bench_conf.py's least-busy yardstick does not route as it says"
     )
 
 

@@ -143,6 +143,8 @@ class Options:
     mixed_loads: tuple[float, ...] = (0.5, 0.8)
     mixed_chats: int = 60
     mixed_seed: int = 2026
+    # Also run 1x with bench_conf's least-busy arbiter: what load-aware routing in gunicorn would give.
+    mixed_least_busy: bool = True
 
 
 # --------------------------------------------------------------------------
@@ -787,12 +789,15 @@ async def run_mixed(opts: Options, log: Callable[[str], None]) -> dict:
         arrivals = room_arrivals(opts.mixed_chats, rate, opts.mixed_seed + index)
         loads.append((fraction, rate, arrivals))
     runs, every_chat = [], []
-    for ratio in opts.mixed_ratios:
+    variants = [(ratio, "round-robin") for ratio in opts.mixed_ratios]
+    if opts.mixed_least_busy:
+        variants.append((1.0, "least-busy"))
+    for ratio, routing in variants:
         workers = max(admitted, round(ratio * admitted))
-        log(f"[mixed] {workers} dirty workers for {admitted} admitted chats ({ratio:g}x)")
+        log(f"[mixed] {workers} dirty workers for {admitted} admitted chats ({ratio:g}x), {routing} arbiter")
         server = await asyncio.to_thread(
-            start_server, opts.step_dir, env={"DIRTY_WORKERS": str(workers)}, dirty_workers=workers,
-            config=BENCH_CONF, log_dir=LOG_DIR,
+            start_server, opts.step_dir, env={"DIRTY_WORKERS": str(workers), "BENCH_ROUTING": routing},
+            dirty_workers=workers, config=BENCH_CONF, log_dir=LOG_DIR,
         )
         try:
             await warm_up(server, workers, opts)
@@ -804,10 +809,10 @@ async def run_mixed(opts: Options, log: Callable[[str], None]) -> dict:
                 log(f"[mixed] {workers} dirty workers: {len(arrivals)} chats at {fraction:.0%} of capacity")
                 chats = await mixed_load(server, tagged, admitted, opts)
                 busy = await asyncio.to_thread(tree_sample, server)
-                runs.append({"ratio": ratio, "workers": workers, "load": fraction, "rate": rate,
-                             "pss_idle": idle["pss"], "pss_after": busy["pss"],
+                runs.append({"ratio": ratio, "workers": workers, "routing": routing, "load": fraction,
+                             "rate": rate, "pss_idle": idle["pss"], "pss_after": busy["pss"],
                              **summarize_mixed(chats, workers, admitted)})
-                every_chat.append({"workers": workers, "load": fraction, "chats": chats})
+                every_chat.append({"workers": workers, "routing": routing, "load": fraction, "chats": chats})
         finally:
             await asyncio.to_thread(server.stop)
     # Every chat's record, for a closer look; results.json keeps the summaries.
@@ -1174,9 +1179,10 @@ def render_mixed(mixed: dict) -> str:
     """The mixed scenario's table: one row per ratio and load."""
     meta = mixed["meta"]
     rows = []
-    for run in mixed["runs"]:
+    for run in sorted(mixed["runs"], key=lambda r: (r["load"], r.get("routing") == "least-busy", r["ratio"])):
+        least_busy = ", least-busy arbiter" if run.get("routing") == "least-busy" else ""
         rows.append([
-            f"{run['load']:.0%}", f"{run['workers']} ({run['ratio']:g}×)",
+            f"{run['load']:.0%}", f"{run['workers']} ({run['ratio']:g}×){least_busy}",
             f"{num(run['complete'])}/{num(run['chats'])}",
             f"{ms(run['ttft_p50'])} / {ms(run['ttft_p95'])} / {ms(run['ttft_p99'])}",
             f"{ms(run['ideal_ttft_p50'])} / {ms(run['ideal_ttft_p95'])} / {ms(run['ideal_ttft_p99'])}",
@@ -1197,7 +1203,9 @@ def render_mixed(mixed: dict) -> str:
         " places included. A collision is a chat that queued behind a busy dirty worker while another"
         " was idle (the dirty worker's own record of when it answered which chat). The ideal column"
         " replays the same arrivals through a first-come line whose admitted chats always find an idle"
-        " worker, with each chat's measured answer time."
+        " worker, with each chat's measured answer time. The least-busy arbiter rows run gunicorn's"
+        " arbiter patched (tools/bench_conf.py, for measurement only) to pick the worker with the fewest"
+        " requests: what load-aware routing in gunicorn would give."
     )
 
 
@@ -1279,9 +1287,11 @@ def plot_mixed(mixed: dict, out_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = mixed["runs"]
+    every_run = mixed["runs"]
+    runs = [run for run in every_run if run.get("routing", "round-robin") == "round-robin"]
+    least_busy = [run for run in every_run if run.get("routing") == "least-busy"]
     loads = sorted({run["load"] for run in runs})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2))
     ax = axes[0]
     for load, color in zip(loads, ("tab:blue", "tab:orange", "tab:green"), strict=False):
         at = sorted((r for r in runs if r["load"] == load), key=lambda r: r["ratio"])
@@ -1290,11 +1300,14 @@ def plot_mixed(mixed: dict, out_dir: Path) -> None:
                 label=f"{load:.0%} load, measured")
         ax.plot(ratios, [r["ideal_ttft_p95"] * 1000 for r in at], "s:", color=color,
                 label=f"{load:.0%} load, ideal least-busy")
+        patched = [r for r in least_busy if r["load"] == load]
+        ax.plot([r["ratio"] for r in patched], [r["ttft_p95"] * 1000 for r in patched], "*", color=color,
+                markersize=14, label=f"{load:.0%} load, least-busy arbiter")
     ax.set_xticks(sorted({r["ratio"] for r in runs}))
     ax.set_xlabel("dirty workers per admitted chat")
     ax.set_ylabel("time to first token, p95 (ms)")
     ax.set_title("First token, p95")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     ax = axes[1]
     width = 0.1
     for offset, (load, color) in enumerate(zip(loads, ("tab:blue", "tab:orange", "tab:green"), strict=False)):
@@ -1311,7 +1324,7 @@ def plot_mixed(mixed: dict, out_dir: Path) -> None:
     memory.set_ylabel("server memory, PSS (MiB)")
     memory.set_ylim(bottom=0)
     handles = [h for a in (ax, memory) for h in a.get_legend_handles_labels()[0]]
-    ax.legend(handles, [h.get_label() for h in handles], fontsize="small", loc="upper right")
+    ax.legend(handles, [h.get_label() for h in handles], fontsize="small", loc="center right")
     ax.set_title("Collisions, and what the workers cost")
     fig.suptitle(f"A room's mix at random, {mixed['admitted']} chats admitted, step {mixed['meta']['step']}")
     fig.tight_layout()
@@ -1366,7 +1379,7 @@ def options_from(args: argparse.Namespace) -> Options:
     if quick:
         opts = replace(opts, sweep=(), socket_requests=100, drop_samples=3,
                        scenarios=opts.scenarios - {"loop"}, mixed_ratios=(1.0, 2.0), mixed_loads=(0.8,),
-                       mixed_chats=8)
+                       mixed_chats=8, mixed_least_busy=False)
     opts = replace(opts, client=args.client)
     if args.scenarios:
         opts = replace(opts, scenarios=frozenset(args.scenarios.split(",")))
