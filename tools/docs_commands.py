@@ -233,8 +233,10 @@ def substitute(text: str, port: int) -> str:
 
 
 # A reader types the commands in a fresh shell. Under `make test` these variables
-# would make every nested make print "Entering directory" lines the pages do not show.
-MAKE_VARIABLES = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"}
+# would make every nested make print "Entering directory" lines the pages do not show,
+# and under `make check STEP=04` the Makefile's own (STEP, DIR, PORT) would reach
+# every make the tests run.
+MAKE_VARIABLES = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "STEP", "DIR", "PORT"}
 
 
 def reader_env(**extra: str) -> dict[str, str]:
