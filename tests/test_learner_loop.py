@@ -6,13 +6,14 @@ and on a copy with the step's lesson deliberately broken, where the check
 must fail and say in plain words what broke.
 """
 
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tools.docs_commands import make_sandbox, reader_env
+from tools.docs_commands import all_pages, make_sandbox, reader_env
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,16 @@ def test_make_check_says_what_broke(step, sandbox):
     assert "what broke, in plain words" in output, output[-3000:]
     missing = [words for words in mistake.says if words not in output]
     assert not missing, f"the check did not say {missing}:\n{output[-3000:]}"
+
+
+def test_the_pages_give_only_the_check_these_tests_run():
+    # The pages' own runner only dry-runs make check (it would start the suite
+    # inside itself): the tests above run it, in exactly this form.
+    checks = [c for page in all_pages() for c in page.commands if c.text.startswith("make check")]
+    assert checks, "no page gives make check"
+    form = re.compile(r"make check STEP=\d\d DIR=workspace")
+    odd = [f"{c.where}: {c.text}" for c in checks if not form.fullmatch(c.text)]
+    assert not odd, odd
 
 
 def test_make_docs_takes_8001_or_the_port_it_is_given():
