@@ -87,9 +87,12 @@ offline-venv: ## create the environment from wheelhouse/ only, without internet
 notebooks: $(READY) ## open notebooks/ in Jupyter Lab, on this environment's kernel (CHAT_URL=... to use your server)
 	$(BIN)/jupyter lab --notebook-dir=notebooks
 
-.PHONY: bench
+.PHONY: bench loop-times
 bench: $(READY) ## measure capacity side by side (writes docs/generated/bench/)
 	$(BIN)/python tools/bench.py
+
+loop-times: $(READY) ## time make check (and make test) of every step as a learner waits for them (writes docs/generated/loop/)
+	$(BIN)/python tools/loop_times.py --tests
 
 # --- soak: a few minutes of steady load, not part of make test ---
 .PHONY: soak

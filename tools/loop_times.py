@@ -1,0 +1,91 @@
+"""Time the learner's loop on this machine: `make loop-times`.
+
+For every step, in a sandbox copy of the repository (sharing its .venv), it
+runs what a learner runs, `make workspace STEP=NN` and then
+`make check STEP=NN DIR=workspace`, and, with `--tests`, the step's
+`make test STEP=NN`; each is timed as a whole, like a learner waiting at
+the terminal. It writes docs/generated/loop/times.json and times.md, the
+table that the step pages and the instructor's page include. A command that
+fails is reported, and its time is not written.
+
+    python tools/loop_times.py [--tests] [--steps 01,03]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness.server import step_dirs  # noqa: E402
+from tools.docs_commands import ROOT, make_sandbox, reader_env  # noqa: E402
+
+OUT = ROOT / "docs" / "generated" / "loop"
+
+
+def timed(command: str, cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.monotonic()
+    done = subprocess.run(["bash", "-c", command], cwd=cwd, env=reader_env(), stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True)
+    return time.monotonic() - started, done
+
+
+def last_line(done: subprocess.CompletedProcess) -> str:
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    return lines[-1].strip("= ") if lines else ""
+
+
+def measure(number: str, tests: bool) -> dict:
+    row: dict = {"step": number}
+    with tempfile.TemporaryDirectory(prefix="loop-times-") as tmp:
+        sandbox = make_sandbox(Path(tmp) / "repo", tracked_only=True)
+        _, made = timed(f"make workspace STEP={number}", sandbox)
+        if made.returncode != 0:
+            raise SystemExit(f"make workspace STEP={number} failed:\n{made.stdout}{made.stderr}")
+        commands = {"check": f"make check STEP={number} DIR=workspace"}
+        if tests:
+            commands["test"] = f"make test STEP={number}"
+        for key, command in commands.items():
+            seconds, done = timed(command, sandbox)
+            print(f"{command}: {seconds:.0f} s, exit {done.returncode}: {last_line(done)}", flush=True)
+            if done.returncode == 0:
+                row[key] = round(seconds, 1)
+                row[f"{key}_result"] = last_line(done)
+            else:
+                row[f"{key}_failed"] = last_line(done)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| step | `make check STEP=NN DIR=workspace` | `make test STEP=NN` |", "|---|---|---|"]
+    for row in rows:
+        cells = [f"{row[key]:.0f} s" if key in row else "not measured" for key in ("check", "test")]
+        lines.append(f"| {row['step']} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tests", action="store_true", help="time make test STEP=NN as well")
+    parser.add_argument("--steps", help="comma-separated step numbers (default: every step)")
+    args = parser.parse_args(argv)
+    numbers = args.steps.split(",") if args.steps else [path.name[:2] for path in step_dirs()]
+    rows = [measure(number, args.tests) for number in numbers]
+    OUT.mkdir(parents=True, exist_ok=True)
+    machine = f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores"
+    (OUT / "times.json").write_text(json.dumps({"machine": machine, "steps": rows}, indent=2) + "\n")
+    (OUT / "times.md").write_text(table(rows) + f"\nMeasured by `make loop-times` on {machine}.\n")
+    print(f"wrote {(OUT / 'times.md').relative_to(ROOT)}")
+    return 1 if any(key.endswith("_failed") for row in rows for key in row) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
