@@ -26,7 +26,16 @@ import pytest
 from test_api import BAD_REQUESTS, JSON
 
 from harness.load import COMPLETE, FAILED, WatchedChat, classify
-from harness.server import AUTH, DIRTY_READY, memory_kib, process_tree, run_in_fresh_loop, socket_count
+from harness.server import (
+    AUTH,
+    DIRTY_READY,
+    memory_kib,
+    process_tree,
+    run_in_fresh_loop,
+    settled_socket_count,
+    socket_count,
+    wait_for_ready,
+)
 from harness.sse import ChatStream, stream_chat
 
 ONE_WORKER = {"env": {"DIRTY_WORKERS": "1"}, "dirty_workers": 1}
@@ -239,6 +248,8 @@ def test_a_killed_dirty_worker_fails_a_sync_chat_cleanly(step, start, step_modul
     assert "unavailable" in response.json()["detail"]
     replacements = poll(lambda: dirty_worker_pids(server) - {victim}, timeout=10)
     assert replacements
+    # The replacement loads its model first; until then a chat is told to come back.
+    wait_for_ready(server.base_url, timeout=10, proc=server.proc, workers=1)
     with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
         after = http.post("/chat/sync", json={"prompt": "hello"})
     assert after.status_code == 200 and after.json()["response"] == chat_app.GREETING
@@ -474,7 +485,7 @@ def test_hang_ups_stop_the_model_and_leave_nothing_behind(step, start, step_modu
             stream_chat(http, "explain", stop_after_tokens=1)
         # A whole answer leaves the arbiter's connection to the worker open, as at the end.
         assert classify(stream_chat(http, "hello")) == COMPLETE
-        idle_sockets = socket_count(server.pids())
+        idle_sockets = settled_socket_count(server.pids)
         before_uss, before_pss = private_kib(server.pids()), memory_kib(server.pids())
 
         straight, queued = [], 0
