@@ -224,7 +224,7 @@ def test_a_tiny_mixed_run_end_to_end(tmp_path):
     step_dir = bench.final_step()
     opts = bench.Options(step_dir=step_dir, configs=[], default_workers=2, repeat=1, out_dir=tmp_path,
                          scenarios=frozenset({"mixed"}), mixed_admitted=2, mixed_ratios=(1.0,),
-                         mixed_loads=(0.8,), mixed_chats=4)
+                         mixed_loads=(0.8,), mixed_chats=4, mixed_least_busy=False)
     results = bench.rounded(run_in_fresh_loop(bench.run_bench(opts, log=lambda line: None)))
     bench.write_outputs(results, tmp_path)
     assert results["configs"] == []
