@@ -36,6 +36,8 @@ EXPLAINED_IN = {
     "test_streaming": "docs/steps/03-sse-streaming.md",
     "test_disconnect": "docs/steps/03-sse-streaming.md",
     "test_capacity": "docs/concepts/capacity.md",
+    "test_routing": "docs/concepts/capacity.md",
+    "test_lifecycle": "docs/steps/02-dirty-worker.md",
     "test_overload": "docs/concepts/capacity.md",
     "test_thinking": "docs/steps/04-thinking-mode.md",
     "test_ui": "docs/steps/05-browser-ui.md",

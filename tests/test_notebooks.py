@@ -67,7 +67,7 @@ CLAIMS = {
     """,
 }
 # How many pictures each notebook draws.
-PICTURES = {"01": 1, "02": 1, "03": 2, "04": 1, "05": 3, "06": 0}
+PICTURES = {"01": 1, "02": 1, "03": 2, "04": 1, "05": 4, "06": 0}
 
 
 @pytest.fixture(scope="module")
