@@ -2,8 +2,9 @@
 
 CHAT_LOAD_SECONDS=8 makes the model load like a real one, longer than the
 5 s the dirty arbiter waits for a worker's socket before it fails a request
-with "Worker socket not ready". No chat may ever get that error: it waits in
-line (step 03 on) or is refused with 503 and Retry-After (step 02).
+with "Worker socket not ready". No chat may ever get that error: it waits
+(in line from step 03 on) until every dirty worker has loaded its model, or
+is refused with 503 and Retry-After if that takes too long.
 The number of dirty workers is set with DIRTY_WORKERS, --dirty-workers, or at
 run time with TTIN and TTOU on the dirty arbiter; /ready and the line follow.
 """
@@ -249,3 +250,14 @@ def test_ready_says_503_when_the_dirty_arbiter_does_not_answer(step, start):
     assert "unavailable" in stuck.json()["detail"], stuck.text
     assert health.status_code == 200, "/health must not depend on the dirty arbiter"
     wait_until_ready(server, loaded=1, workers=1)
+
+
+@pytest.mark.only("02")
+def test_a_chat_that_waits_too_long_for_the_model_gets_a_clear_503(step, start):
+    """A model that loads for longer than main.LOAD_WAIT (30 s): the held chat is refused."""
+    server = start(env={"CHAT_LOAD_SECONDS": "120"}, args=("--dirty-workers", "1"), ready=False)
+    with httpx.Client(base_url=server.base_url, timeout=GUARD, headers=AUTH) as client:
+        answer = client.post("/chat/sync", json={"prompt": "hello"})
+    assert answer.status_code == 503, answer.text
+    assert answer.json() == {"detail": "the model is still loading: 0 of 1 dirty workers are ready"}
+    assert int(answer.headers["Retry-After"]) > 0

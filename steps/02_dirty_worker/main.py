@@ -98,19 +98,18 @@ async def require_json(request: Request) -> None:
 
 
 async def model_loaded() -> None:
-    """Hold a chat while a dirty worker loads its model; refuse it if none has.
+    """Hold a chat until every dirty worker has loaded its model.
 
     The arbiter hands requests to its workers in turn, loaded or not, and
-    gives up on one that is not listening after 5 s: so a chat goes on only
-    once every worker has loaded.
+    gives up on one that is not listening after 5 s.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + LOAD_WAIT
     while True:
         loaded, workers = await asyncio.to_thread(model_workers)
-        if loaded >= workers:
+        if workers and loaded >= workers:
             return
-        if not loaded or loop.time() > deadline:
+        if loop.time() > deadline:
             raise HTTPException(
                 503,
                 f"the model is still loading: {loaded} of {workers} dirty workers are ready",
