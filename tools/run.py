@@ -181,12 +181,12 @@ def serve(folder: Path, port: str, label: str) -> int:
                "--bind", f"127.0.0.1:{port}", "--name", name, "main:app"]
     # Unbuffered, so that a print() in the app shows at once through the pipe.
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Ctrl-C reaches gunicorn too: keep passing its log on while it stops.
+    # (gunicorn starts with the default handler: exec resets caught signals.)
+    signal.signal(signal.SIGINT, lambda *_: None)
     started = time.monotonic()
     gunicorn = subprocess.Popen(command, cwd=folder, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-    # Ctrl-C reached gunicorn too: keep passing its log on while it stops.
-    signal.signal(signal.SIGINT, lambda *_: None)
     signal.signal(signal.SIGTERM, lambda signum, _frame: gunicorn.send_signal(signum))
 
     log = StartupLog()
