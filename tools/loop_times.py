@@ -4,9 +4,9 @@ For every step, in a sandbox copy of the repository (sharing its .venv), it
 runs what a learner runs, `make workspace STEP=NN` and then
 `make check STEP=NN DIR=workspace`, and, with `--tests`, the step's
 `make test STEP=NN`; each is timed as a whole, like a learner waiting at
-the terminal. It writes docs/generated/loop/times.json and times.md, the
-table that the step pages and the instructor's page include. A command that
-fails is reported, and its time is not written.
+the terminal. It writes docs/generated/loop/times.json and times.md, a
+table of the figures. A command that fails is reported, and its time is
+not written.
 
     python tools/loop_times.py [--tests] [--steps 01,03]
 """
