@@ -136,7 +136,8 @@ def wait_for_ready(
     workers: int = 0,
     path: str = "/ready",
 ) -> None:
-    """Poll GET /ready until it answers 200 with at least `workers` models loaded.
+    """Poll GET /ready until it answers 200 with every dirty worker's model loaded
+    (at least `workers` of them).
 
     A step without /ready (step 01 has no dirty workers) answers 404 there:
     then GET /health answering 200 is enough. Raises ServerError if the
@@ -156,7 +157,10 @@ def wait_for_ready(
             if status == 404 and path == "/ready":
                 path = "/health"
                 continue
-            if status == 200 and (path != "/ready" or body.get("loaded", 0) >= workers):
+            # Every dirty worker the arbiter keeps, or `workers` if more: a chat
+            # is held while any of them still loads.
+            wanted = max(workers, body.get("workers", 0))
+            if status == 200 and (path != "/ready" or body.get("loaded", 0) >= wanted):
                 return
         time.sleep(0.05)
     raise ServerError(f"{base_url} was not ready within {timeout:.0f} s ({last})")

@@ -110,6 +110,7 @@ def pytest_collection_modifyitems(config, items):
 def pytest_configure(config):
     config.addinivalue_line("markers", "not_for_these_steps: internal, deselected")
     config.addinivalue_line("markers", "paced: its servers' model keeps a real model's pace")
+    config.addinivalue_line("markers", "learner_loop: runs make check; make test runs these last, alone")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

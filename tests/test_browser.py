@@ -82,6 +82,7 @@ def answer_lengths(page) -> list[int]:
 # --- The real server --------------------------------------------------------
 
 
+@pytest.mark.paced
 @pytest.mark.parametrize("name", ["hello", "explain", "streaming"])
 def test_a_suggestion_streams_its_answer(step, server, page, name):
     page.goto(server.base_url)
