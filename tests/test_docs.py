@@ -282,6 +282,7 @@ NOT_RUN = {
     "make screenshots": "it rewrites the committed pictures of the page",
     "make bench": "it runs for minutes and rewrites the measurements the docs show; "
     "tests/test_bench.py runs a small bench end to end",
+    "make run DIR=workspace": "tests/test_run.py serves a copy of every step that way, then stops it",
     "make loop-times": "it runs every step's make check and make test for a quarter of an hour; "
     "tests/test_learner_loop.py runs make check itself",
 }
