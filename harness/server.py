@@ -293,8 +293,12 @@ class LiveServer:
     def running(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM, then SIGKILL the whole group after `timeout` seconds."""
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then SIGKILL the whole group after `timeout` seconds.
+
+        Generous: a loaded machine can take a while to stop a server, and only
+        processes that exit on their own write their coverage data.
+        """
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
