@@ -83,7 +83,8 @@ class Capacity:
         return 0 if self.loading else max(self.workers - self.running, 0)
 
     def join(self) -> Place:
-        """Take a free worker, or a place in line; raise Busy if the line is full."""
+        """Start at once if fewer than `workers` run, else take a place in line;
+        raise Busy if the line is full. The arbiter picks the worker."""
         place = Place(self)
         if self.free:
             self.running += 1
