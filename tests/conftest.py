@@ -2,8 +2,8 @@
 
 A test asks for `step` and is run once per step it applies to:
 `@pytest.mark.since("03")` means step 03 and every later one, so each step is
-proven a superset of the one before. `make test STEP=02` passes `--step 02`;
-`make check STEP=02 DIR=workspace` adds `--step-dir workspace`.
+proven a superset of the one before. `make test STEP=02` passes `--step=02`;
+`make check STEP=02 DIR=workspace` adds `--step-dir=workspace`.
 """
 
 from __future__ import annotations
@@ -186,14 +186,18 @@ def pace(request) -> float:
     return 1 if request.node.get_closest_marker("paced") else FAST_PACE
 
 
+def used_by(request, live: LiveServer) -> LiveServer:
+    """Note that the test uses this server: its log is shown if the test fails."""
+    request.node.live_servers = [*getattr(request.node, "live_servers", []), live]
+    return live
+
+
 @pytest.fixture
 def shared(step, servers, request):
     """A server of this step shared with other tests: shared(**options) starts it on first use."""
 
     def _shared(**options) -> LiveServer:
-        live = servers.shared_server(step, pace=pace(request), **options)
-        request.node.live_servers = [*getattr(request.node, "live_servers", []), live]
-        return live
+        return used_by(request, servers.shared_server(step, pace=pace(request), **options))
 
     return _shared
 
@@ -212,8 +216,7 @@ def start(step, servers, request):
     def _start(**options) -> LiveServer:
         live = servers.start(step, pace=pace(request), **options)
         started.append(live)
-        request.node.live_servers = [*getattr(request.node, "live_servers", []), live]
-        return live
+        return used_by(request, live)
 
     yield _start
     for live in started:

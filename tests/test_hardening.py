@@ -48,11 +48,9 @@ READ_TIMEOUT = 15.0
 
 
 @pytest.fixture
-def small_server(step, servers, request):
+def small_server(step, shared):
     """The step with one dirty worker (from step 03 on), shared by the tests that do not break it."""
-    live = servers.shared_server(step, **(ONE_WORKER if step.number >= 3 else {}))
-    request.node.live_servers = [*getattr(request.node, "live_servers", []), live]
-    return live
+    return shared(**(ONE_WORKER if step.number >= 3 else {}))
 
 
 @pytest.fixture
