@@ -8,14 +8,13 @@ one step's code, so `make test STEP=NN` and `make check` leave them out.
 """
 
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from harness.server import step_dirs
-from tools.docs_commands import all_pages, make_sandbox, reader_env
+from tools.docs_commands import all_pages, make_sandbox, reader_env, shell
 
 
 @dataclass(frozen=True)
@@ -48,16 +47,15 @@ def sandbox(tmp_path) -> Path:
     return make_sandbox(tmp_path / "repo")
 
 
-def learner(command: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run a command as a learner types it in a fresh shell."""
-    return subprocess.run(["bash", "-c", command], cwd=cwd, env=reader_env(), stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout)
+def learner(command: str, cwd: Path, timeout: float = 600) -> tuple[int | None, str]:
+    """Run a command as a learner types it in a fresh shell: its exit code and what it printed."""
+    return shell(command, cwd, reader_env(), timeout)
 
 
 def workspace(number: str, sandbox: Path) -> Path:
-    made = learner(f"make workspace STEP={number}", sandbox)
-    assert made.returncode == 0, made.stdout + made.stderr
-    assert f"make check STEP={number} DIR=workspace" in made.stdout
+    code, output = learner(f"make workspace STEP={number}", sandbox)
+    assert code == 0, output
+    assert f"make check STEP={number} DIR=workspace" in output
     return sandbox / "workspace"
 
 
@@ -65,9 +63,9 @@ def workspace(number: str, sandbox: Path) -> Path:
 @pytest.mark.parametrize("number", STEPS)
 def test_make_check_passes_on_an_unchanged_copy(number, sandbox):
     workspace(number, sandbox)
-    check = learner(f"make check STEP={number} DIR=workspace", sandbox)
-    tail = "\n".join((check.stdout + check.stderr).splitlines()[-30:])
-    assert check.returncode == 0, f"make check failed on an unchanged copy of step {number}:\n{tail}"
+    code, output = learner(f"make check STEP={number} DIR=workspace", sandbox)
+    tail = "\n".join(output.splitlines()[-30:])
+    assert code == 0, f"make check failed on an unchanged copy of step {number}:\n{tail}"
     assert " passed" in tail and " failed" not in tail, tail
 
 
@@ -79,9 +77,9 @@ def test_make_check_says_what_broke(number, sandbox):
     text = source.read_text()
     assert text.count(mistake.old) == 1, f"{mistake.old!r} is no longer in step {number}'s {mistake.file}"
     source.write_text(text.replace(mistake.old, mistake.new))
-    check = learner(f"make check STEP={number} DIR=workspace", sandbox)
-    output = check.stdout + check.stderr
-    assert check.returncode != 0, f"make check passed with {mistake.new!r} in {mistake.file}"
+    code, output = learner(f"make check STEP={number} DIR=workspace", sandbox)
+    assert code is not None, f"make check did not end within 600 s:\n{output[-3000:]}"
+    assert code != 0, f"make check passed with {mistake.new!r} in {mistake.file}"
     assert "what broke, in plain words" in output, output[-3000:]
     missing = [words for words in mistake.says if words not in output]
     assert not missing, f"the check did not say {missing}:\n{output[-3000:]}"
@@ -99,7 +97,7 @@ def test_the_pages_give_only_the_check_these_tests_run():
 
 def test_make_docs_takes_8001_or_the_port_it_is_given():
     root = Path(__file__).resolve().parent.parent
-    default = learner("make -n docs", root)
-    given = learner("make -n docs PORT=8002", root)
-    assert "mkdocs serve -a 127.0.0.1:8001" in default.stdout, default.stdout + default.stderr
-    assert "mkdocs serve -a 127.0.0.1:8002" in given.stdout, given.stdout + given.stderr
+    _, default = learner("make -n docs", root)
+    _, given = learner("make -n docs PORT=8002", root)
+    assert "mkdocs serve -a 127.0.0.1:8001" in default, default
+    assert "mkdocs serve -a 127.0.0.1:8002" in given, given

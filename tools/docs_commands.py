@@ -245,7 +245,8 @@ def reader_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def _shell(text: str, cwd: Path, env: dict[str, str], timeout: float) -> tuple[int | None, str]:
+def shell(text: str, cwd: Path, env: dict[str, str], timeout: float) -> tuple[int | None, str]:
+    """Run a command line with bash: its exit code (None if it timed out) and what it printed."""
     try:
         done = subprocess.run(["bash", "-c", text], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=timeout, start_new_session=True)
@@ -257,7 +258,7 @@ def _shell(text: str, cwd: Path, env: dict[str, str], timeout: float) -> tuple[i
 
 def run_http(command: Command, base_url: str, cwd: Path = ROOT, timeout: float = 120) -> Outcome:
     port = int(base_url.rsplit(":", 1)[1])
-    code, output = _shell(command.text.replace(PAGE_URL, base_url), cwd, reader_env(), timeout)
+    code, output = shell(command.text.replace(PAGE_URL, base_url), cwd, reader_env(), timeout)
     output = normalize(output, port)
     if code != 0:
         return Outcome(command, False, output, f"exited with {code} against {base_url}")
@@ -267,7 +268,7 @@ def run_http(command: Command, base_url: str, cwd: Path = ROOT, timeout: float =
 def run_shell(command: Command, sandbox: Path, timeout: float = 300) -> Outcome:
     port = free_port()
     env = reader_env(PORT=str(port))
-    code, output = _shell(substitute(command.text, port), sandbox, env, timeout)
+    code, output = shell(substitute(command.text, port), sandbox, env, timeout)
     output = normalize(output, port, sandbox)
     if code != 0:
         return Outcome(command, False, output, f"exited with {code}")
@@ -276,7 +277,7 @@ def run_shell(command: Command, sandbox: Path, timeout: float = 300) -> Outcome:
 
 def run_dry(command: Command, sandbox: Path) -> Outcome:
     dry = re.sub(r"\bmake ", "make -n ", command.text, count=1)
-    code, output = _shell(dry, sandbox, reader_env(), 60)
+    code, output = shell(dry, sandbox, reader_env(), 60)
     if code != 0:
         return Outcome(command, False, output, f"`{dry}` exited with {code}")
     return Outcome(command, True, normalize(output, sandbox=sandbox))

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,20 +25,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.server import step_dirs  # noqa: E402
-from tools.docs_commands import ROOT, make_sandbox, reader_env  # noqa: E402
+from tools.docs_commands import ROOT, make_sandbox, reader_env, shell  # noqa: E402
 
 OUT = ROOT / "docs" / "generated" / "loop"
 
 
-def timed(command: str, cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+def timed(command: str, cwd: Path) -> tuple[float, int | None, str]:
+    """Seconds a command took in a reader's shell, its exit code (None past an hour) and its output."""
     started = time.monotonic()
-    done = subprocess.run(["bash", "-c", command], cwd=cwd, env=reader_env(), stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True)
-    return time.monotonic() - started, done
+    code, output = shell(command, cwd, reader_env(), timeout=3600)
+    return time.monotonic() - started, code, output
 
 
-def last_line(done: subprocess.CompletedProcess) -> str:
-    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+def last_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
     return lines[-1].strip("= ") if lines else ""
 
 
@@ -47,20 +46,20 @@ def measure(number: str, tests: bool) -> dict:
     row: dict = {"step": number}
     with tempfile.TemporaryDirectory(prefix="loop-times-") as tmp:
         sandbox = make_sandbox(Path(tmp) / "repo", tracked_only=True)
-        _, made = timed(f"make workspace STEP={number}", sandbox)
-        if made.returncode != 0:
-            raise SystemExit(f"make workspace STEP={number} failed:\n{made.stdout}{made.stderr}")
+        _, code, output = timed(f"make workspace STEP={number}", sandbox)
+        if code != 0:
+            raise SystemExit(f"make workspace STEP={number} failed:\n{output}")
         commands = {"check": f"make check STEP={number} DIR=workspace"}
         if tests:
             commands["test"] = f"make test STEP={number}"
         for key, command in commands.items():
-            seconds, done = timed(command, sandbox)
-            print(f"{command}: {seconds:.0f} s, exit {done.returncode}: {last_line(done)}", flush=True)
-            if done.returncode == 0:
+            seconds, code, output = timed(command, sandbox)
+            print(f"{command}: {seconds:.0f} s, exit {code}: {last_line(output)}", flush=True)
+            if code == 0:
                 row[key] = round(seconds, 1)
-                row[f"{key}_result"] = last_line(done)
+                row[f"{key}_result"] = last_line(output)
             else:
-                row[f"{key}_failed"] = last_line(done)
+                row[f"{key}_failed"] = last_line(output)
     return row
 
 
