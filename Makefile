@@ -34,7 +34,7 @@ test: $(READY) ## run every test CI runs (or one step's: STEP=02)
 
 check: $(READY) ## run a step's tests against your folder: make check STEP=02 DIR=workspace
 	@test -n "$(STEP)" -a -n "$(DIR)" || { echo "usage: make check STEP=02 DIR=workspace"; exit 2; }
-	@$(BIN)/python -m pytest tests --step=$(STEP) --step-dir=$(DIR) $(PARALLEL)
+	@$(BIN)/python -m pytest tests/steps --step=$(STEP) --step-dir=$(DIR) $(PARALLEL)
 
 workspace: ## copy a step into workspace/ to edit: make workspace STEP=01
 	@test -n "$(STEP)" || { echo "usage: make workspace STEP=01"; exit 2; }

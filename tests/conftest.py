@@ -18,7 +18,7 @@ import pytest
 
 from harness.server import AUTH, DEV_KEY, ROOT, LiveServer, find_step, start_server, step_dirs, step_modules
 
-FAULT_CONF = ROOT / "tests" / "fault_conf.py"
+FAULT_CONF = ROOT / "tests" / "steps" / "fault_conf.py"
 # Step 06 limits requests per key; the suite sends many, so the shared servers
 # get a limit they never reach (the rate-limit test sets its own).
 TEST_ENV = {"CHAT_RATE_LIMIT": "100000/minute"}

@@ -23,7 +23,7 @@ How each command is run (`Command.kind`):
   ``make offline-venv``: running them would start the test suite inside itself
   (and erase its coverage data) or download the whole lock file, so the suite
   runs them as ``make -n`` (the target exists and takes these arguments);
-  tests/test_wheelhouse.py runs the wheelhouse targets for real on two wheels,
+  tests/repo/test_wheelhouse.py runs the wheelhouse targets for real on two wheels,
   and the output of ``make test STEP=NN`` is checked against the test count.
 - ``shell``: anything else; it runs in a sandbox copy of the repository, in the
   page's order (``make workspace`` then ``make diff``...), and must exit 0.

@@ -277,14 +277,14 @@ LOOKS_LIKE_A_COMMAND = re.compile(r"^(?:[A-Z_]+=\S+ )*(?:make|curl|cd|\.\./\.\./
 
 # Mentioned, never run by the suite, and why.
 NOT_RUN = {
-    "make notebooks": "it opens Jupyter Lab for a person; tests/test_notebooks.py runs the notebooks",
+    "make notebooks": "it opens Jupyter Lab for a person; tests/repo/test_notebooks.py runs the notebooks",
     "make docs-outputs": "it rewrites the outputs this suite checks, with the runners the suite uses",
     "make screenshots": "it rewrites the committed pictures of the page",
     "make bench": "it runs for minutes and rewrites the measurements the docs show; "
-    "tests/test_bench.py runs a small bench end to end",
-    "make run DIR=workspace": "tests/test_run.py serves a copy of every step that way, then stops it",
+    "tests/repo/test_bench.py runs a small bench end to end",
+    "make run DIR=workspace": "tests/repo/test_run.py serves a copy of every step that way, then stops it",
     "make loop-times": "it runs every step's make check and make test for a quarter of an hour; "
-    "tests/test_learner_loop.py runs make check itself",
+    "tests/repo/test_learner_loop.py runs make check itself",
 }
 
 

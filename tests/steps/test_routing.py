@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.since("03"), pytest.mark.paced]
 LONG, SHORT = "explain dirty workers", "hello"
 CHAT_APP = "chat_app:ChatApp"
 # make bench's config: with BENCH_ROUTING=least-busy, the arbiter picks the least busy worker.
-BENCH_CONF = Path(__file__).resolve().parent.parent / "tools" / "bench_conf.py"
+BENCH_CONF = Path(__file__).resolve().parents[2] / "tools" / "bench_conf.py"
 # Bounds every wait of these tests, so that a broken server fails them instead of hanging.
 GUARD = 60.0
 

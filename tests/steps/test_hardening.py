@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_api import BAD_REQUESTS, JSON
+from bad_input import BAD_REQUESTS, JSON, error_text, unsized_body
 
 from harness.load import COMPLETE, FAILED, WatchedChat, classify
 from harness.server import (
@@ -81,15 +81,10 @@ def private_kib(pids: list[int]) -> int:
 # --- malformed requests ------------------------------------------------------
 
 
-def error_text(response: httpx.Response) -> str:
-    detail = response.json()["detail"]
-    return detail if isinstance(detail, str) else " ".join(f"{e['loc']} {e['msg']}" for e in detail)
-
-
 @pytest.mark.since("03")
 @pytest.mark.parametrize("case", BAD_REQUESTS, ids=str)
 def test_bad_input_on_chat_gets_a_clear_json_error(step, http, case):
-    """The table of test_api.py, sent to the streaming endpoint: answered before any stream."""
+    """The table of bad_input.py, sent to the streaming endpoint: answered before any stream."""
     kwargs, status, words = BAD_REQUESTS[case]
     response = http.post("/chat", **kwargs)
     assert response.status_code == status, response.text
@@ -103,13 +98,7 @@ def test_bad_input_on_chat_gets_a_clear_json_error(step, http, case):
 
 @pytest.mark.since("03")
 def test_chat_body_without_length_is_limited_too(step, http):
-    def chunks():
-        yield b'{"prompt": "'
-        for _ in range(100):
-            yield b"x" * 1024
-        yield b'"}'
-
-    response = http.post("/chat", content=chunks(), headers=JSON)
+    response = http.post("/chat", content=unsized_body(), headers=JSON)
     assert response.status_code == 413
     assert http.get("/health").status_code == 200
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXCERPT = re.compile(r'--8<-- "(steps/[^":]+\.py):(\d+):(\d+)"')
 
 

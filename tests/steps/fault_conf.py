@@ -1,6 +1,6 @@
 """A test-only gunicorn config: the step's own settings plus a faulty model.
 
-The tests start a server with `-c tests/fault_conf.py` and the variables
+The tests start a server with `-c tests/steps/fault_conf.py` and the variables
 below; the step's code knows nothing about it, and normal runs cannot reach it.
 A fault strikes where a real model fails, while the model produces a token:
 the model's `split_tokens` is swapped for one that misbehaves at a word, so

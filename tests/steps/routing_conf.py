@@ -1,6 +1,6 @@
 """A test-only gunicorn config: the step's settings, with the model split into two apps of one worker each.
 
-tests/test_routing.py starts it to show that gunicorn's per-app worker limits
+tests/steps/test_routing.py starts it to show that gunicorn's per-app worker limits
 cannot pin chats to distinct dirty workers: the first worker loads every app
 still below its limit, so both apps land on it and no second worker starts.
 """

@@ -101,7 +101,7 @@ SUITE_SUMMARY = re.compile(r"=+ (.*\d+ (?:passed|failed|skipped|error).*) in [\d
 def collected(step: str) -> int:
     """How many tests `make test STEP=NN` runs now, on the committed test files."""
     tracked = repository_files(ROOT, tracked_only=True)
-    files = [name for name in tracked if re.match(r"tests/test_\w+\.py$", name)]
+    files = [name for name in tracked if re.match(r"tests/(steps|repo)/test_\w+\.py$", name)]
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
          "--step", step, *files],

@@ -96,7 +96,7 @@ def test_the_pages_give_only_the_check_these_tests_run():
 
 
 def test_make_docs_takes_8001_or_the_port_it_is_given():
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     _, default = learner("make -n docs", root)
     _, given = learner("make -n docs PORT=8002", root)
     assert "mkdocs serve -a 127.0.0.1:8001" in default, default
