@@ -1,4 +1,4 @@
-"""Gunicorn settings for step 01. Run with: gunicorn -c gunicorn_conf.py main:app"""
+"""Gunicorn settings. Run with: gunicorn -c gunicorn_conf.py main:app"""
 
 bind = "127.0.0.1:8000"
 # Gunicorn's native ASGI worker serves FastAPI directly.

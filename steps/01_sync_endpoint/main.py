@@ -1,4 +1,4 @@
-"""Step 01: a chat endpoint that runs the model inside the HTTP worker."""
+"""A chat endpoint that runs the model inside the HTTP worker."""
 
 from chat_app import ChatModel
 from fastapi import Depends, FastAPI, HTTPException, Request

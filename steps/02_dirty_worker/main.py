@@ -1,4 +1,4 @@
-"""Step 02: the HTTP worker asks a dirty worker for the answer."""
+"""A chat endpoint whose HTTP worker asks a dirty worker for the answer."""
 
 import asyncio
 

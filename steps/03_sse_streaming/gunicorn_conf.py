@@ -1,6 +1,7 @@
-"""Gunicorn settings for step 03. Run with: gunicorn -c gunicorn_conf.py main:app"""
+"""Gunicorn settings. Run with: gunicorn -c gunicorn_conf.py main:app"""
 
 import os
+from pathlib import Path
 
 from gunicorn.dirty.stash import StashClient, get_stash_socket_path
 
@@ -25,8 +26,9 @@ asgi_disconnect_grace_period = 0
 control_socket_disable = True
 # Gunicorn 27 also keeps the dirty arbiter's pid in a file named after the
 # process name, and a server that starts kills the arbiter that file names:
-# a name of its own lets two steps run side by side.
-proc_name = "dirty-chat-03"
+# a name from this folder's lets two steps run side by side (make run and the
+# tests add the port with --name, for two servers of one step).
+proc_name = f"dirty-chat-{Path(__file__).parent.name}"
 accesslog = "-"
 
 

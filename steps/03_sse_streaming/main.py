@@ -1,4 +1,4 @@
-"""Step 03: stream the answer token by token as Server-Sent Events."""
+"""A chat endpoint that streams the answer token by token as Server-Sent Events."""
 
 import asyncio
 import contextlib

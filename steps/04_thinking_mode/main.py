@@ -1,4 +1,4 @@
-"""Step 04: a visible thinking phase, then the answer, each event with its phase."""
+"""A chat endpoint that streams a visible thinking phase, then the answer, each event with its phase."""
 
 import asyncio
 import contextlib

@@ -1,4 +1,4 @@
-"""Step 05: a chat page in the browser, served by the same app at GET /."""
+"""A chat endpoint that streams its answers, and the chat page that shows them at GET /."""
 
 import asyncio
 import contextlib

@@ -1,5 +1,5 @@
-"""Step 06: production. API keys, rate limits, metrics, request ids in the logs
-and an OpenAI-compatible endpoint, on top of the chat page of step 05."""
+"""The chat service for production: API keys, rate limits, metrics, request ids in
+the logs and an OpenAI-compatible endpoint, beside the chat page and its stream."""
 
 import asyncio
 import contextlib
