@@ -42,10 +42,10 @@ workspace: ## copy a step into workspace/ to edit: make workspace STEP=01
 	@src=$$($(PYTHON) tools/step_path.py $(STEP)) && cp -R "$$src" workspace && \
 		rm -rf workspace/__pycache__ && echo "Copied $$src to workspace/. Test it with: make check STEP=$(STEP) DIR=workspace"
 
-diff: ## show what a step changed since the one before: make diff STEP=02
+diff: ## show what a step changed since the one before, as its page does: make diff STEP=02
 	@test -n "$(STEP)" || { echo "usage: make diff STEP=02"; exit 2; }
 	@new=$$($(PYTHON) tools/step_path.py $(STEP)) && old=$$($(PYTHON) tools/step_path.py --previous $(STEP)) && \
-		diff -ruN -x __pycache__ "$$old" "$$new" || true
+		diff -ruN -x README.md -x __pycache__ -x .ipynb_checkpoints "$$old" "$$new" || true
 
 lint: $(READY) ## check style with ruff
 	$(BIN)/ruff check steps tests harness tools
