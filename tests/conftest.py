@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from harness.server import AUTH, DEV_KEY, ROOT, LiveServer, find_step, start_server, step_dirs, step_modules
+from harness.server import AUTH, DEV_KEY, ROOT, LiveServer, start_server, step_modules
+from harness.steps import Step, UnknownStep, all_steps, find
 
 FAULT_CONF = ROOT / "tests" / "steps" / "fault_conf.py"
 # Step 06 limits requests per key; the suite sends many, so the shared servers
@@ -46,16 +46,6 @@ EXPLAINED_IN = {
 }
 
 
-@dataclass(frozen=True)
-class Step:
-    number: int
-    name: str
-    path: Path
-
-    def __str__(self) -> str:
-        return self.name
-
-
 def pytest_addoption(parser):
     parser.addoption("--step", help="run only the tests of this step (02 or 02_dirty_worker)")
     parser.addoption("--step-dir", help="with --step: test this folder instead of the step's own")
@@ -64,13 +54,16 @@ def pytest_addoption(parser):
 def _selected_steps(config) -> list[Step]:
     chosen = config.getoption("--step")
     if not chosen:
-        return [Step(int(p.name[:2]), p.name, p) for p in step_dirs()]
-    path = find_step(chosen)
+        return all_steps()
+    try:
+        step = find(chosen)
+    except UnknownStep as exc:
+        raise pytest.UsageError(str(exc)) from None
     override = config.getoption("--step-dir")
-    folder = Path(override).resolve() if override else path
+    folder = Path(override).resolve() if override else step.path
     if not (folder / "main.py").is_file():
         raise pytest.UsageError(f"{folder} has no main.py: is it a copy of a step?")
-    return [Step(int(path.name[:2]), path.name, folder)]
+    return [step.at(folder)]
 
 
 def _applies(item_marks, step: Step) -> bool:
