@@ -41,13 +41,13 @@ if str(ROOT) not in sys.path:
 from harness.server import (  # noqa: E402
     LiveServer,
     ServerError,
-    find_step,
     memory_kib,
     process_roles,
     process_tree,
     socket_count,
     start_server,
 )
+from harness.steps import UnknownStep, find  # noqa: E402
 
 # What a dirty worker logs once it has loaded the model (steps 02 and later).
 MODEL_LOADED = r"Chat model loaded in dirty worker (\d+)"
@@ -138,8 +138,8 @@ def start(step: str, *, ready: bool = True, **env: object) -> Server:
     global _log_dir
     env = {key: str(value) for key, value in env.items()}
     try:
-        step_dir = find_step(step)
-    except ServerError as exc:
+        step_dir = find(step).path
+    except UnknownStep as exc:
         raise NotebookServerError(f"cannot start a server for this notebook: {exc}") from None
     if _log_dir is None:
         _log_dir = Path(tempfile.mkdtemp(prefix="dirty-chat-notebook-"))
