@@ -5,6 +5,8 @@ A step page writes two markers, and this hook fills them in at build time:
 - ``<!-- what-changed 03 -->`` becomes the list of files that step 03 added,
   changed or removed since step 02, and a unified diff of each (difflib, on
   the step folders as they are on disk). Nobody types a diff or a line number.
+  ``<!-- what-changed 03 capacity.py -->`` shows only the files it names, for a
+  page that teaches its step in parts; a named file that did not change fails the build.
 - ``<!-- step-code 03 -->`` becomes one tab per file of the step, each a
   pymdownx.snippets include of the real file, so the code shown is the code run.
 
@@ -27,7 +29,7 @@ STEPS = ROOT / "steps"
 # The folder's own description is not part of what a step teaches in code.
 LEFT_OUT = {"README.md"}
 SKIPPED_DIRS = {"__pycache__", ".ipynb_checkpoints"}
-WHAT_CHANGED = re.compile(r"^<!-- what-changed (\d\d) -->$", re.MULTILINE)
+WHAT_CHANGED = re.compile(r"^<!-- what-changed (\d\d)((?: [\w./-]+)*) -->$", re.MULTILINE)
 STEP_CODE = re.compile(r"^<!-- step-code (\d\d) -->$", re.MULTILINE)
 LANGUAGES = {".py": "python", ".html": "html", ".css": "css", ".js": "javascript", ".json": "json"}
 
@@ -97,18 +99,29 @@ def indent(text: str, prefix: str = "    ") -> str:
 # --- what changed ----------------------------------------------------------
 
 
-def what_changed(old: Path | None, new: Path) -> str:
-    """Markdown: the files `new` added, changed and removed since `old`, with diffs."""
+def changed_files(old: Path, new: Path) -> list[str]:
+    """The files `new` added, changed or removed since `old`, in display order."""
+    old_files, new_files = step_files(old), step_files(new)
+    names = set(old_files) | set(new_files)
+    return sorted((name for name in names if old_files.get(name) != new_files.get(name)), key=display_order)
+
+
+def what_changed(old: Path | None, new: Path, only: list[str] | None = None) -> str:
+    """Markdown: the files `new` added, changed and removed since `old`, with diffs; `only` these, if given."""
     new_files = step_files(new)
     if old is None:
         names = ", ".join(f"`{name}`" for name in sorted(new_files, key=display_order))
         return f"This is the first step: every file is new ({names}). They are all shown in full below.\n"
     old_files = step_files(old)
+    names = changed_files(old, new)
+    if only:
+        unchanged = [name for name in only if name not in names]
+        if unchanged:
+            raise PluginError(f"what-changed {new.name[:2]}: {', '.join(unchanged)} did not change since {old.name}")
+        names = [name for name in names if name in only]
     rows, tabs = [], []
-    for name in sorted(set(old_files) | set(new_files), key=display_order):
+    for name in names:
         before, after = old_files.get(name), new_files.get(name)
-        if before == after:
-            continue
         texts = (as_text(before) if before is not None else "", as_text(after) if after is not None else "")
         if None in texts:
             kind = "added" if before is None else "removed" if after is None else "changed"
@@ -208,7 +221,7 @@ def on_files(files, config):
 def on_page_markdown(markdown, page, config, files):
     def changed(match):
         folder = find_step(match.group(1))
-        return what_changed(previous_step(folder), folder)
+        return what_changed(previous_step(folder), folder, match.group(2).split())
 
     def code(match):
         return step_code(find_step(match.group(1)))

@@ -72,8 +72,16 @@ def test_every_step_page_has_its_generated_sections():
             continue  # the hook generates a page for it; see test_a_step_without_a_page_gets_one
         text = page.read_text()
         number = folder.name[:2]
-        assert f"<!-- what-changed {number} -->" in text, page
+        markers = [m for m in what_changed.WHAT_CHANGED.finditer(text) if m.group(1) == number]
+        assert markers, f"{page}: no <!-- what-changed {number} --> marker"
         assert f"<!-- step-code {number} -->" in text, page
+        previous = what_changed.previous_step(folder)
+        if previous is None or any(not m.group(2) for m in markers):
+            continue
+        # A page taught in parts names its files part by part: together they show every change.
+        shown = {name for m in markers for name in m.group(2).split()}
+        left_out = set(what_changed.changed_files(previous, folder)) - shown
+        assert not left_out, f"{page}: no part shows what changed in {sorted(left_out)}"
 
 
 def test_a_step_without_a_page_gets_one(tmp_path):
@@ -125,6 +133,31 @@ def test_what_changed_lists_added_removed_and_binary_files(two_steps):
     assert "| `static/logo.png` | added (binary file, not shown) |" in text
     assert "+console.log('hi');" in text
     assert "__pycache__" not in text and "README.md" not in text
+
+
+def test_what_changed_can_show_chosen_files_only(two_steps):
+    old, new = two_steps
+    (new / "extra.py").write_text("ANSWER = 42\n")
+    text = what_changed.what_changed(old, new, ["extra.py"])
+    assert "| `extra.py` | added (1 lines) |" in text and "+ANSWER = 42" in text
+    assert "main.py" not in text, "a part that names extra.py shows main.py's diff too"
+    everything = what_changed.what_changed(old, new)
+    assert "main.py" in everything and "extra.py" in everything
+
+
+def test_a_chosen_file_that_did_not_change_fails_the_build(two_steps):
+    old, new = two_steps
+    (new / "extra.py").write_text("ANSWER = 42\n")
+    (old / "extra.py").write_text("ANSWER = 42\n")
+    with pytest.raises(what_changed.PluginError, match="extra.py did not change"):
+        what_changed.what_changed(old, new, ["extra.py"])
+
+
+def test_a_marker_names_the_files_of_its_part():
+    markers = what_changed.WHAT_CHANGED.findall("<!-- what-changed 03 -->\n<!-- what-changed 03 capacity.py -->\n"
+                                                "<!-- what-changed 05 static/app.js main.py -->\n")
+    assert [(number, names.split()) for number, names in markers] == [
+        ("03", []), ("03", ["capacity.py"]), ("05", ["static/app.js", "main.py"])]
 
 
 def test_what_changed_of_the_first_step_lists_its_files():
