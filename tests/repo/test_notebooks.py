@@ -16,7 +16,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from harness.server import ROOT, find_step, free_port, start_server, step_dirs
+from harness.server import ROOT, free_port, start_server
+from harness.steps import all_steps, find
 
 NOTEBOOKS_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
@@ -106,7 +107,7 @@ def pictures(nb) -> int:
 
 
 def test_every_step_has_a_notebook():
-    assert [p.stem for p in NOTEBOOKS] == [p.name for p in step_dirs()]
+    assert [p.stem for p in NOTEBOOKS] == [s.name for s in all_steps()]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -131,11 +132,11 @@ def test_committed_without_outputs(path):
 
 
 def test_notebook_runs(step, request, monkeypatch):
-    if step.path != find_step(step.name):
+    if step.path != find(step.name).path:
         pytest.skip("the notebooks run against the shipped steps, not --step-dir")
-    path = NOTEBOOKS_DIR / f"{step.name}.ipynb"
+    path = step.notebook
     assert path.is_file(), f"step {step.name} has no notebook"
-    number = step.name[:2]
+    number = step.code
     if number == "04":
         # One notebook goes through CHAT_URL, to the suite's shared server of its step.
         monkeypatch.setenv("CHAT_URL", request.getfixturevalue("server").base_url)
@@ -180,7 +181,7 @@ def test_serve_reports_a_chat_url_that_does_not_answer(live, monkeypatch):
 
 
 def test_serve_uses_chat_url_and_leaves_it_running(live, monkeypatch, tmp_path):
-    with start_server(find_step("02"), log_dir=tmp_path, dirty_workers=2) as running:
+    with start_server(find("02").path, log_dir=tmp_path, dirty_workers=2) as running:
         monkeypatch.setenv("CHAT_URL", running.base_url + "/")
         server = live.serve("02")
         assert server.url == running.base_url and not server.owned
