@@ -6,8 +6,9 @@ import re
 import httpx
 import pytest
 
-from harness.server import AUTH, step_dirs, step_modules
+from harness.server import AUTH, step_modules
 from harness.sse import stream_chat
+from harness.steps import all_steps
 
 pytestmark = pytest.mark.since("03")
 
@@ -128,7 +129,7 @@ def test_error_events_name_their_kind():
     """
     from gunicorn.dirty import DirtyAppError, DirtyTimeoutError
 
-    streaming_steps = [path for path in step_dirs() if int(path.name[:2]) >= 3]
+    streaming_steps = [s.path for s in all_steps() if s.number >= 3]
     assert streaming_steps
     for path in streaming_steps:
         with step_modules(path) as load:
