@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.server import step_dirs
+from harness.steps import all_steps
 from tools.docs_commands import all_pages, make_sandbox, reader_env, shell
 
 
@@ -39,7 +39,7 @@ BREAKS = {
 }
 
 
-STEPS = [path.name[:2] for path in step_dirs()]
+STEPS = [step.code for step in all_steps()]
 
 
 @pytest.fixture
