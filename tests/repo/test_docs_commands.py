@@ -72,7 +72,7 @@ def started_servers() -> dict[str, Outcome]:
 def test_the_pages_commands_work_on_this_step(step, request):
     if request.config.getoption("--step-dir"):
         pytest.skip("the pages describe the steps as shipped, not a copy")
-    number = step.name[:2]
+    number = step.code
     commands = [c for page in PAGES for c in page.commands if c.kind == "http" and c.step == number]
     written = any(re.match(rf"docs/steps/{number}-", str(p.path.relative_to(ROOT))) for p in PAGES)
     if not commands and not written:
