@@ -24,6 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+# Process inspection lives in harness.procs; process_roles and the socket
+# counts stay importable from here for tools/ and test_disconnect.py.
+from harness.procs import process_roles, process_tree, settled_socket_count, socket_count  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 STEPS_DIR = ROOT / "steps"
 # Step 06 wants an API key and, without CHAT_API_KEY set, takes this
@@ -164,96 +168,6 @@ def wait_for_ready(
                 return
         time.sleep(0.05)
     raise ServerError(f"{base_url} was not ready within {timeout:.0f} s ({last})")
-
-
-def process_tree(pid: int) -> list[int]:
-    """The pid and all its descendants (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name is in parentheses and may contain spaces.
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, []))
-    return tree
-
-
-def process_roles(master: int) -> dict[int, str]:
-    """Each process of the server tree: master, arbiter, http or dirty worker."""
-    parents = {}
-    for pid in process_tree(master):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
-    has_children = set(parents.values())
-    roles = {}
-    for pid, ppid in parents.items():
-        if pid == master:
-            roles[pid] = "master"
-        elif ppid == master:
-            # The arbiter is the master's child that has children of its own.
-            roles[pid] = "arbiter" if pid in has_children else "http"
-        else:
-            roles[pid] = "dirty"
-    return roles
-
-
-def socket_count(pids: list[int]) -> int:
-    """How many socket file descriptors these processes hold."""
-    count = 0
-    for pid in pids:
-        try:
-            fds = list(Path(f"/proc/{pid}/fd").iterdir())
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(fd).startswith("socket:"):
-                    count += 1
-            except OSError:
-                continue
-    return count
-
-
-def settled_socket_count(pids: Callable[[], list[int]], steady_reads: int = 5, timeout: float = 10.0) -> int:
-    """The socket count once it has stopped moving: the same in `steady_reads` reads 0.1 s apart.
-
-    Right after a response the server is still closing its side of it (the
-    HTTP connection, the request's dirty client, the arbiter's end of that),
-    so a count taken at once can be one or two too high.
-    """
-    deadline = time.monotonic() + timeout
-    count, same = socket_count(pids()), 1
-    while same < steady_reads and time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = socket_count(pids())
-        count, same = now, same + 1 if now == count else 1
-    return count
-
-
-def memory_kib(pids: list[int], field_name: str = "Pss") -> int:
-    """Sum of one /proc/<pid>/smaps_rollup field (Pss or Rss) in KiB."""
-    total = 0
-    for pid in pids:
-        try:
-            lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            if line.startswith(f"{field_name}:"):
-                total += int(line.split()[1])
-    return total
 
 
 @dataclass
