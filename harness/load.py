@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from harness.server import AUTH, memory_kib, socket_count
+from harness.procs import MEMORY_KIND, memory_kib, socket_count
+from harness.server import AUTH
 from harness.sse import ChatStream, iter_events, stream_chat
 
 COMPLETE = "complete"
@@ -195,7 +196,7 @@ class Sample:
 
     at: float
     rss_kib: int
-    pss_kib: int
+    pss_kib: int  # PSS, or USS on a platform without it (harness.procs.MEMORY_KIND)
     sockets: int
     processes: int
 
@@ -203,8 +204,8 @@ class Sample:
 def sample(pids: list[int]) -> Sample:
     return Sample(
         at=time.monotonic(),
-        rss_kib=memory_kib(pids, "Rss"),
-        pss_kib=memory_kib(pids, "Pss"),
+        rss_kib=memory_kib(pids, "rss"),
+        pss_kib=memory_kib(pids, MEMORY_KIND),
         sockets=socket_count(pids),
         processes=len(pids),
     )
