@@ -38,15 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from harness.server import (  # noqa: E402
-    LiveServer,
-    ServerError,
-    memory_kib,
-    process_roles,
-    process_tree,
-    socket_count,
-    start_server,
-)
+from harness import procs  # noqa: E402
+from harness.procs import memory_kib  # noqa: E402
+from harness.server import LiveServer, ServerError, start_server  # noqa: E402
 from harness.steps import UnknownStep, find  # noqa: E402
 
 # What a dirty worker logs once it has loaded the model (steps 02 and later).
@@ -81,8 +75,8 @@ class Server:
         """The master's pid and all its descendants' ([] if not on this machine)."""
         if self.live is not None:
             return self.live.pids()
-        master = listening_master(urlsplit(self.url).port or 80)
-        return process_tree(master) if master else []
+        master = procs.listening_master(urlsplit(self.url).port or 80)
+        return procs.process_tree(master) if master else []
 
     def log(self) -> str:
         if self.live is None:
@@ -187,54 +181,13 @@ def _stop_everything() -> None:
 # --- Looking inside a server -------------------------------------------------
 
 
-def listening_master(port: int) -> int | None:
-    """The pid of the process that opened the listening socket on this port.
-
-    Gunicorn's master opens it and its HTTP workers inherit it: of the
-    processes that hold it, the master is the one whose parent does not.
-    """
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            # Field 1 is address:port in hex, field 3 the state (0A = LISTEN).
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
-                inodes.add(fields[9])
-    holders = []
-    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
-        try:
-            targets = {os.readlink(fd) for fd in fd_dir.iterdir()}
-        except OSError:
-            continue
-        if any(f"socket:[{inode}]" in targets for inode in inodes):
-            holders.append(int(fd_dir.parent.name))
-    masters = [pid for pid in holders if parent_pid(pid) not in holders]
-    return min(masters) if masters else None
-
-
-def parent_pid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name is in parentheses and may contain spaces.
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
 def command_line(pid: int) -> str:
-    """The process's arguments from /proc, the interpreter shortened to its name."""
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-    except OSError:
-        return "?"
+    """The process's arguments, the interpreter shortened to its name."""
+    args = procs.command_line(pid)
     return " ".join([Path(args[0]).name, *args[1:]]) if args else "?"
 
 
-# harness.server.process_roles names the roles tersely; the notebooks spell them out.
+# harness.procs.process_roles names the roles tersely; the notebooks spell them out.
 ROLE_NAMES = {"master": "master", "http": "HTTP worker", "arbiter": "dirty arbiter", "dirty": "dirty worker"}
 
 
@@ -246,7 +199,7 @@ def roles(pids: list[int]) -> dict[int, str]:
     """
     if not pids:
         return {}
-    return {pid: ROLE_NAMES[role] for pid, role in process_roles(pids[0]).items()}
+    return {pid: ROLE_NAMES[role] for pid, role in procs.process_roles(pids[0]).items()}
 
 
 class Table:
@@ -275,10 +228,11 @@ def process_tree_table(server: Server) -> Table:
         return Table(["note"], [[f"no process listens on {server.url} on this machine"]])
     rows = []
     for pid in sorted(named, key=lambda pid: (ROLE_ORDER.index(named[pid]), pid)):
-        pss = memory_kib([pid]) / 1024
-        sockets = socket_count([pid])
-        rows.append([pid, parent_pid(pid), named[pid], f"{pss:.1f} MiB", sockets, command_line(pid)])
-    return Table(["pid", "parent", "role", "memory (PSS)", "sockets", "command line"], rows)
+        memory = memory_kib([pid]) / 1024
+        sockets = procs.socket_count([pid])
+        rows.append([pid, procs.parent_pid(pid), named[pid], f"{memory:.1f} MiB", sockets, command_line(pid)])
+    memory_column = f"memory ({procs.MEMORY_KIND.upper()})"
+    return Table(["pid", "parent", "role", memory_column, "sockets", "command line"], rows)
 
 
 def dirty_worker_pids(server: Server) -> list[int]:
