@@ -65,7 +65,7 @@ REQUIREMENTS ?= requirements.txt
 WHEELHOUSE ?= wheelhouse
 
 docs: $(READY) ## serve the tutorial site with live reload on http://127.0.0.1:8001 (or PORT=8002)
-	$(BIN)/mkdocs serve -a 127.0.0.1:$(DOCS_PORT)
+	$(BIN)/python -m mkdocs serve -a 127.0.0.1:$(DOCS_PORT)
 
 docs-outputs: $(READY) ## run the pages' commands and write the outputs they show (docs/generated/outputs)
 	$(BIN)/python tools/docs_outputs.py

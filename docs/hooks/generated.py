@@ -28,6 +28,10 @@ from pathlib import Path
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File
 
+# The repository's own step model: mkdocs runs as `python -m mkdocs` from the
+# repository root (make docs, the suite), so harness is importable.
+from harness.steps import all_steps
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 STEPS = ROOT / "steps"
@@ -82,8 +86,7 @@ def settings_in(conf: Path) -> dict[str, str]:
 
 def step_settings(steps_root: Path = STEPS) -> dict[str, dict[str, str]]:
     """{step folder name: {setting: value}} for every step's gunicorn_conf.py."""
-    folders = sorted(p for p in steps_root.iterdir() if p.is_dir() and p.name[:2].isdigit())
-    confs = [f / "gunicorn_conf.py" for f in folders]
+    confs = [step.path / "gunicorn_conf.py" for step in all_steps(steps_root)]
     return {conf.parent.name: settings_in(conf) for conf in confs if conf.is_file()}
 
 

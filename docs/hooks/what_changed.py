@@ -24,8 +24,11 @@ from pathlib import Path
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File
 
+# The repository's own step model: mkdocs runs as `python -m mkdocs` from the
+# repository root (make docs, the suite), so harness is importable.
+from harness.steps import Step, UnknownStep, all_steps, find
+
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = ROOT / "steps"
 # The folder's own description is not part of what a step teaches in code.
 LEFT_OUT = {"README.md"}
 SKIPPED_DIRS = {"__pycache__", ".ipynb_checkpoints"}
@@ -37,28 +40,6 @@ log = logging.getLogger("mkdocs.hooks.what_changed")
 
 
 # --- the step folders ------------------------------------------------------
-
-
-def step_dirs(steps_root: Path = STEPS) -> list[Path]:
-    return sorted(p for p in steps_root.iterdir() if p.is_dir() and p.name[:2].isdigit())
-
-
-def find_step(number: str, steps_root: Path = STEPS) -> Path:
-    for path in step_dirs(steps_root):
-        if path.name[:2] == number:
-            return path
-    raise PluginError(f"no step {number} in {steps_root}")
-
-
-def previous_step(folder: Path) -> Path | None:
-    folders = step_dirs(folder.parent)
-    index = folders.index(folder)
-    return folders[index - 1] if index else None
-
-
-def page_path(folder: Path) -> str:
-    """The page of a step folder, relative to docs/: 03_sse_streaming -> steps/03-sse-streaming.md"""
-    return f"steps/{folder.name.replace('_', '-')}.md"
 
 
 def step_files(folder: Path) -> dict[str, bytes]:
@@ -117,7 +98,8 @@ def what_changed(old: Path | None, new: Path, only: list[str] | None = None) -> 
     if only:
         unchanged = [name for name in only if name not in names]
         if unchanged:
-            raise PluginError(f"what-changed {new.name[:2]}: {', '.join(unchanged)} did not change since {old.name}")
+            listed = ", ".join(unchanged)
+            raise PluginError(f"what-changed {new.name}: {listed} did not change since {old.name}")
         names = [name for name in names if name in only]
     rows, tabs = [], []
     for name in names:
@@ -176,15 +158,14 @@ def step_code(folder: Path, root: Path = ROOT) -> str:
 # --- pages for steps -----------------------------------------------------------
 
 
-def missing_page(folder: Path) -> str:
-    number = folder.name[:2]
-    title = folder.name[3:].replace("_", " ").capitalize()
+def missing_page(step: Step) -> str:
+    number, title = step.code, step.title
     return (
         f"# Step {number}: {title}\n\n"
         '!!! note "This page is generated"\n'
         "    Nobody has written this step's page yet, so it shows only what the\n"
         "    step folder itself says: what changed, and the code.\n"
-        f"    The folder `steps/{folder.name}` has a README with how to run it.\n\n"
+        f"    The folder `steps/{step.name}` has a README with how to run it.\n\n"
         f"## What changed\n\n<!-- what-changed {number} -->\n\n"
         f"## The code\n\n<!-- step-code {number} -->\n"
     )
@@ -203,28 +184,35 @@ def on_config(config):
     if section is None:
         raise PluginError("mkdocs.yml: the nav needs a 'Steps' section")
     listed = {entry if isinstance(entry, str) else next(iter(entry.values())) for entry in section}
-    for folder in step_dirs():
-        if page_path(folder) not in listed:
-            section.append(page_path(folder))
+    for step in all_steps():
+        if step.page_uri not in listed:
+            section.append(step.page_uri)
     return config
 
 
 def on_files(files, config):
-    for folder in step_dirs():
-        uri = page_path(folder)
-        if files.get_file_from_path(uri) is None:
-            log.info("steps/%s has no page yet: generating %s", folder.name, uri)
-            files.append(File.generated(config, uri, content=missing_page(folder)))
+    for step in all_steps():
+        if files.get_file_from_path(step.page_uri) is None:
+            log.info("steps/%s has no page yet: generating %s", step.name, step.page_uri)
+            files.append(File.generated(config, step.page_uri, content=missing_page(step)))
     return files
+
+
+def marked_step(number: str) -> Step:
+    try:
+        return find(number)
+    except UnknownStep as exc:
+        raise PluginError(str(exc)) from None
 
 
 def on_page_markdown(markdown, page, config, files):
     def changed(match):
-        folder = find_step(match.group(1))
-        return what_changed(previous_step(folder), folder, match.group(2).split())
+        step = marked_step(match.group(1))
+        old = step.previous.path if step.previous else None
+        return what_changed(old, step.path, match.group(2).split())
 
     def code(match):
-        return step_code(find_step(match.group(1)))
+        return step_code(marked_step(match.group(1)).path)
 
     markdown = WHAT_CHANGED.sub(changed, markdown)
     return STEP_CODE.sub(code, markdown)

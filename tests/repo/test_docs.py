@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.server import ROOT, step_dirs
+from harness.server import ROOT
+from harness.steps import all_steps, step_of
 from tools.docs_commands import all_pages, extract, sources
 
 DOCS = ROOT / "docs"
@@ -50,44 +51,43 @@ def site(tmp_path_factory) -> Path:
 
 def test_the_site_builds_strictly(site):
     assert (site / "index.html").is_file()
-    for folder in step_dirs():
-        page = site / what_changed.page_path(folder).removesuffix(".md") / "index.html"
-        assert page.is_file(), folder.name
+    for step in all_steps():
+        page = site / step.page_uri.removesuffix(".md") / "index.html"
+        assert page.is_file(), step.name
 
 
 def test_step_pages_show_the_real_files(site):
-    for folder in step_dirs():
-        page = (site / what_changed.page_path(folder).removesuffix(".md") / "index.html").read_text()
+    for step in all_steps():
+        page = (site / step.page_uri.removesuffix(".md") / "index.html").read_text()
         text = html.unescape(re.sub(r"<[^>]+>", "", page))
-        for path in folder.glob("*.py"):
+        for path in step.path.glob("*.py"):
             # The file's first and last lines, as the file has them today.
             lines = [line for line in path.read_text().splitlines() if line.strip()]
             assert lines[0] in text and lines[-1] in text, path
 
 
 def test_every_step_page_has_its_generated_sections():
-    for folder in step_dirs():
-        page = DOCS / what_changed.page_path(folder)
+    for step in all_steps():
+        page = step.page
         if not page.is_file():
             continue  # the hook generates a page for it; see test_a_step_without_a_page_gets_one
         text = page.read_text()
-        number = folder.name[:2]
+        number = step.code
         markers = [m for m in what_changed.WHAT_CHANGED.finditer(text) if m.group(1) == number]
         assert markers, f"{page}: no <!-- what-changed {number} --> marker"
         assert f"<!-- step-code {number} -->" in text, page
-        previous = what_changed.previous_step(folder)
-        if previous is None or any(not m.group(2) for m in markers):
+        if step.previous is None or any(not m.group(2) for m in markers):
             continue
         # A page taught in parts names its files part by part: together they show every change.
         shown = {name for m in markers for name in m.group(2).split()}
-        left_out = set(what_changed.changed_files(previous, folder)) - shown
+        left_out = set(what_changed.changed_files(step.previous.path, step.path)) - shown
         assert not left_out, f"{page}: no part shows what changed in {sorted(left_out)}"
 
 
 def test_a_step_without_a_page_gets_one(tmp_path):
     folder = tmp_path / "07_new_step"
     folder.mkdir()
-    text = what_changed.missing_page(folder)
+    text = what_changed.missing_page(step_of(folder))
     assert text.startswith("# Step 07: New step")
     assert "<!-- what-changed 07 -->" in text and "<!-- step-code 07 -->" in text
 
@@ -98,10 +98,10 @@ def test_a_step_without_a_page_gets_one(tmp_path):
 @pytest.fixture
 def two_steps(tmp_path):
     """Copies of steps 01 and 02, to edit."""
-    old, new = step_dirs()[:2]
+    old, new = all_steps()[:2]
     copies = tmp_path / "steps"
-    shutil.copytree(old, copies / old.name)
-    shutil.copytree(new, copies / new.name)
+    shutil.copytree(old.path, copies / old.name)
+    shutil.copytree(new.path, copies / new.name)
     return copies / old.name, copies / new.name
 
 
@@ -161,8 +161,8 @@ def test_a_marker_names_the_files_of_its_part():
 
 
 def test_what_changed_of_the_first_step_lists_its_files():
-    first = step_dirs()[0]
-    text = what_changed.what_changed(None, first)
+    first = all_steps()[0]
+    text = what_changed.what_changed(None, first.path)
     assert "first step" in text and "`main.py`" in text
 
 
@@ -338,12 +338,12 @@ CALL = re.compile(r"^(?:[\w]+\.)*(\w+)\(.*\)$")
 def test_functions_a_step_page_names_are_in_its_code():
     # Prose drifts too: a call the page names, like `dirty_client()` or
     # `place.turn(...)`, must still be in the step's files.
-    for folder in step_dirs():
-        page = DOCS / what_changed.page_path(folder)
+    for step in all_steps():
+        page = step.page
         if not page.is_file():
             continue
-        code = "\n".join(p.read_text() for p in folder.rglob("*") if p.suffix in {".py", ".js", ".html"})
+        code = "\n".join(p.read_text() for p in step.path.rglob("*") if p.suffix in {".py", ".js", ".html"})
         for span in INLINE_CODE.findall(FENCED.sub("", page.read_text())):
             if match := CALL.match(span):
                 where = page.relative_to(ROOT)
-                assert f"{match.group(1)}(" in code, f"{where}: `{span}` is not in {folder.name}"
+                assert f"{match.group(1)}(" in code, f"{where}: `{span}` is not in {step.name}"
