@@ -177,6 +177,35 @@ def test_step_code_includes_every_text_file(two_steps, tmp_path):
     assert "logo.png" not in text and "README.md" not in text
 
 
+# --- the steps' READMEs, as GitHub shows them -------------------------------------
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def test_a_step_readme_links_every_file_of_its_step_and_the_built_site():
+    # GitHub shows a page's markers, not the diffs and code the site fills in:
+    # a README names its step's files itself, and sends the reader to the site.
+    for step in all_steps():
+        text = (step.path / "README.md").read_text()
+        links = LINK.findall(text)
+        broken = [target for target in links if "://" not in target and not (step.path / target).exists()]
+        assert not broken, f"{step}/README.md links to files that do not exist: {broken}"
+        missing = sorted(set(what_changed.step_files(step.path)) - set(links))
+        assert not missing, f"{step}/README.md does not link to {missing}"
+        assert "`make docs`" in text and "GitHub Pages" in text, f"{step}/README.md: no word of the built site"
+
+
+def test_a_readme_row_that_says_unchanged_is_true():
+    for step in all_steps():
+        for row in (step.path / "README.md").read_text().splitlines():
+            if match := re.search(r"unchanged since step (\d\d)", row):
+                earlier = next(s for s in all_steps() if s.code == match.group(1))
+                for name in LINK.findall(row):
+                    assert (step.path / name).read_bytes() == (earlier.path / name).read_bytes(), (
+                        f"{step}/README.md says {name} is unchanged since {earlier}, and it changed")
+
+
 # --- settings, screenshots, benchmark, notebooks ------------------------------------
 
 
