@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harness.server import ROOT
 from harness.steps import all_steps, step_of
@@ -36,12 +37,19 @@ what_changed = load_hook("what_changed")
 generated = load_hook("generated")
 
 
+# How the site is built, here and by .github/workflows/docs.yml, which publishes it.
+BUILD = "python -m mkdocs build --strict --site-dir"
+WORKFLOW = ROOT / ".github" / "workflows" / "docs.yml"
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """The site, built once for this module with --strict."""
     out = tmp_path_factory.mktemp("site")
+    python, *build = BUILD.split()
+    assert python == "python"
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(out)],
+        [sys.executable, *build, str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
@@ -54,6 +62,23 @@ def test_the_site_builds_strictly(site):
     for step in all_steps():
         page = site / step.page_uri.removesuffix(".md") / "index.html"
         assert page.is_file(), step.name
+
+
+def test_the_published_site_is_built_as_the_suite_builds_it():
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
+    runs = [step.get("run", "") for step in steps]
+    uses = [step.get("uses", "").split("@")[0] for step in steps]
+    setup = next(step for step in steps if step.get("uses", "").startswith("actions/setup-python"))
+    assert str(setup["with"]["python-version"]) == "3.11", "the site is built on another Python than the suite's"
+    assert "python -m pip install -r requirements.txt" in runs, "the workflow does not install requirements.txt"
+    built = [run for run in runs if run.startswith(BUILD)]
+    assert built == [f"{BUILD} site"], f"the workflow builds the site otherwise than with {BUILD!r}: {runs}"
+    upload = next(step for step in steps if step.get("uses", "").startswith("actions/upload-pages-artifact"))
+    assert upload["with"]["path"] == "site", "the workflow publishes another folder than the one it built"
+    assert "actions/deploy-pages" in uses
+    # YAML reads the key `on` as True.
+    assert workflow[True]["push"]["branches"] == ["main"], "the site is not published on pushes to main"
 
 
 def test_step_pages_show_the_real_files(site):
