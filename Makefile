@@ -18,7 +18,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
 
 $(READY): requirements.txt
-	@$(PYTHON) tools/check_python.py
+	@$(PYTHON) -m tools.check_python
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
@@ -27,10 +27,10 @@ $(READY): requirements.txt
 venv: $(READY) ## create the environment from the lock file
 
 run: $(READY) ## serve the final step (or STEP=02, or your copy: DIR=workspace; PORT=8001) on http://127.0.0.1:8000
-	@$(BIN)/python tools/run.py "$(STEP)" "$(PORT)" "$(DIR)"
+	@$(BIN)/python -m tools.run "$(STEP)" "$(PORT)" "$(DIR)"
 
 test: $(READY) ## run every test CI runs (or one step's: STEP=02)
-	@$(BIN)/python tools/test.py $(PARALLEL) $(if $(STEP),--step=$(STEP))
+	@$(BIN)/python -m tools.test $(PARALLEL) $(if $(STEP),--step=$(STEP))
 
 check: $(READY) ## run a step's tests against your folder: make check STEP=02 DIR=workspace
 	@test -n "$(STEP)" -a -n "$(DIR)" || { echo "usage: make check STEP=02 DIR=workspace"; exit 2; }
@@ -39,12 +39,12 @@ check: $(READY) ## run a step's tests against your folder: make check STEP=02 DI
 workspace: ## copy a step into workspace/ to edit: make workspace STEP=01
 	@test -n "$(STEP)" || { echo "usage: make workspace STEP=01"; exit 2; }
 	@test ! -e workspace || { echo "workspace/ exists already: remove it first (rm -r workspace)"; exit 2; }
-	@src=$$($(PYTHON) tools/step_path.py $(STEP)) && cp -R "$$src" workspace && \
+	@src=$$($(PYTHON) -m tools.step_path $(STEP)) && cp -R "$$src" workspace && \
 		rm -rf workspace/__pycache__ && echo "Copied $$src to workspace/. Test it with: make check STEP=$(STEP) DIR=workspace"
 
 diff: ## show what a step changed since the one before, as its page does: make diff STEP=02
 	@test -n "$(STEP)" || { echo "usage: make diff STEP=02"; exit 2; }
-	@new=$$($(PYTHON) tools/step_path.py $(STEP)) && old=$$($(PYTHON) tools/step_path.py --previous $(STEP)) && \
+	@new=$$($(PYTHON) -m tools.step_path $(STEP)) && old=$$($(PYTHON) -m tools.step_path --previous $(STEP)) && \
 		diff -ruN -x README.md -x __pycache__ -x .ipynb_checkpoints "$$old" "$$new" || true
 
 lint: $(READY) ## check style with ruff
@@ -52,7 +52,7 @@ lint: $(READY) ## check style with ruff
 
 .PHONY: screenshots
 screenshots: $(READY) ## regenerate the UI pictures of the docs
-	$(BIN)/python tools/screenshot.py
+	$(BIN)/python -m tools.screenshot
 
 clean: ## remove the environment and test outputs
 	rm -rf $(VENV) test-output site .coverage .coverage.* htmlcov
@@ -68,17 +68,17 @@ docs: $(READY) ## serve the tutorial site with live reload on http://127.0.0.1:8
 	$(BIN)/python -m mkdocs serve -a 127.0.0.1:$(DOCS_PORT)
 
 docs-outputs: $(READY) ## run the pages' commands and write the outputs they show (docs/generated/outputs)
-	$(BIN)/python tools/docs_outputs.py
+	$(BIN)/python -m tools.docs_outputs
 
 doctor: ## check this machine is ready for the workshop (runs before the environment exists)
-	@$(PYTHON) tools/doctor.py --port $(PORT)
+	@$(PYTHON) -m tools.doctor --port $(PORT)
 
 wheelhouse: ## download every wheel of the lock file into wheelhouse/, for installs without internet
 	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m pip download --quiet -r $(REQUIREMENTS) -d $(WHEELHOUSE)
 
 offline-venv: ## create the environment from wheelhouse/ only, without internet
 	@test -d $(WHEELHOUSE) || { echo "no $(WHEELHOUSE)/ here: copy it from the instructor, or run make wheelhouse with internet"; exit 2; }
-	@$(PYTHON) tools/check_python.py
+	@$(PYTHON) -m tools.check_python
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --no-index --find-links $(WHEELHOUSE) -r $(REQUIREMENTS)
 	@touch $(VENV)/.ready
@@ -89,13 +89,13 @@ notebooks: $(READY) ## open notebooks/ in Jupyter Lab, on this environment's ker
 
 .PHONY: bench loop-times
 bench: $(READY) ## measure capacity side by side (writes docs/generated/bench/)
-	$(BIN)/python tools/bench.py
+	$(BIN)/python -m tools.bench
 
 loop-times: $(READY) ## time make check (and make test) of every step as a learner waits for them (writes docs/generated/loop/)
-	$(BIN)/python tools/loop_times.py --tests
+	$(BIN)/python -m tools.loop_times --tests
 
 # --- soak: a few minutes of steady load, not part of make test ---
 .PHONY: soak
 
 soak: $(READY) ## keep 16 streams going on 16 dirty workers, judge memory and sockets (STEP=04, SOAK_SECONDS=180)
-	@$(BIN)/python tools/soak.py "$(STEP)"
+	@$(BIN)/python -m tools.soak "$(STEP)"

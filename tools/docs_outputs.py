@@ -9,7 +9,7 @@ runs for real there, on the committed files (git ls-files), so it takes a few
 minutes a step: `--only` picks outputs by a piece of their path, and
 `--skip-suite` leaves those out.
 
-    python tools/docs_outputs.py [--only TEXT] [--skip-suite]
+    python -m tools.docs_outputs [--only TEXT] [--skip-suite]
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from harness.server import find_step, start_server  # noqa: E402
-from tools.docs_commands import (  # noqa: E402
+from harness.server import start_server
+from harness.steps import find
+from tools.docs_commands import (
     OUTPUTS,
     ROOT,
     Command,
@@ -72,7 +71,7 @@ def main(argv: list[str]) -> int:
                             continue
                         if command.step not in servers:
                             servers[command.step] = start_server(
-                                find_step(command.step), log_dir=Path(tmp) / "logs")
+                                find(command.step).path, log_dir=Path(tmp) / "logs")
                         outcome = run_http(command, servers[command.step].base_url)
                     elif command.kind == "dry-run":
                         if not wanted(command):

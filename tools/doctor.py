@@ -6,7 +6,7 @@ Every check prints a line with ✔ or ✘, and how to fix what is wrong; a
 missing environment is no fault but the next step (→), since make run
 installs it. Exits 1 if something is wrong, 0 otherwise.
 
-    python3 tools/doctor.py [--port 8000]
+    python3 -m tools.doctor [--port 8000]
 """
 
 import argparse
@@ -26,8 +26,9 @@ MINIMUM = (3, 11)
 # Run by the environment's Python: start step 02, ask it two questions, stop it.
 TRY_A_STEP = """
 import json, sys, urllib.request
-from harness.server import find_step, start_server
-with start_server(find_step("02"), dirty_workers=2) as server:
+from harness.server import start_server
+from harness.steps import find
+with start_server(find("02").path, dirty_workers=2) as server:
     with urllib.request.urlopen(server.base_url + "/health", timeout=10) as response:
         assert json.load(response) == {"status": "ok"}, "/health did not answer ok"
     request = urllib.request.Request(server.base_url + "/chat/sync", data=b'{"prompt": "hello"}',

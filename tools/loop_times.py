@@ -8,7 +8,7 @@ the terminal. It writes docs/generated/loop/times.json and times.md, a
 table of the figures. A command that fails is reported, and its time is
 not written.
 
-    python tools/loop_times.py [--tests] [--steps 01,03]
+    python -m tools.loop_times [--tests] [--steps 01,03]
 """
 
 from __future__ import annotations
@@ -22,10 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from harness.server import step_dirs  # noqa: E402
-from tools.docs_commands import ROOT, make_sandbox, reader_env, shell  # noqa: E402
+from harness.steps import all_steps
+from tools.docs_commands import ROOT, make_sandbox, reader_env, shell
 
 OUT = ROOT / "docs" / "generated" / "loop"
 
@@ -76,7 +74,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tests", action="store_true", help="time make test STEP=NN as well")
     parser.add_argument("--steps", help="comma-separated step numbers (default: every step)")
     args = parser.parse_args(argv)
-    numbers = args.steps.split(",") if args.steps else [path.name[:2] for path in step_dirs()]
+    numbers = args.steps.split(",") if args.steps else [step.code for step in all_steps()]
     rows = [measure(number, args.tests) for number in numbers]
     OUT.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores"

@@ -1,4 +1,4 @@
-"""Serve one step, or a copy of one, with gunicorn: `python tools/run.py [STEP] [PORT] [DIR]`.
+"""Serve one step, or a copy of one, with gunicorn: `python -m tools.run [STEP] [PORT] [DIR]`.
 
 `make run` calls it (`make run STEP=02 PORT=8001`, `make run DIR=workspace`).
 It starts gunicorn in the folder and passes its log on, with two changes:
@@ -31,13 +31,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness.steps import UnknownStep, find, last_core
 
-from harness.server import ServerError, find_step, step_dirs  # noqa: E402
-
-# The core tutorial ends here; later steps are bonus material.
-LAST_CORE_STEP = 5
 # How many dirty workers show their start-up lines in full.
 SHOWN_WORKERS = 2
 # The routine lines of one dirty worker; the named group is that worker's pid
@@ -160,17 +155,16 @@ class Readiness:
         return None
 
 
-def resolve(step: str, folder: str) -> Path:
-    """The folder to serve: DIR if given, else the step, else the last core step."""
+def resolve(step: str, folder: str) -> tuple[Path, str]:
+    """The folder to serve and its server's label: DIR if given, else the step, else the last core step."""
     if folder:
         path = Path(folder).resolve()
         if not (path / "main.py").is_file() or not (path / "gunicorn_conf.py").is_file():
-            raise ServerError(f"{folder} has no main.py and gunicorn_conf.py: is it a copy of a step? "
+            raise UnknownStep(f"{folder} has no main.py and gunicorn_conf.py: is it a copy of a step? "
                               "(make workspace STEP=03 makes one)")
-        return path
-    if step:
-        return find_step(step)
-    return [p for p in step_dirs() if int(p.name[:2]) <= LAST_CORE_STEP][-1]
+        return path, path.name
+    chosen = find(step) if step else last_core()
+    return chosen.path, chosen.code
 
 
 def serve(folder: Path, port: str, label: str) -> int:
@@ -245,12 +239,12 @@ def main(argv: list[str]) -> int:
     port = argv[2] if len(argv) > 2 and argv[2] else "8000"
     folder = argv[3] if len(argv) > 3 else ""
     try:
-        path = resolve(step, folder)
-    except ServerError as exc:
+        path, label = resolve(step, folder)
+    except UnknownStep as exc:
         print(f"make run: {exc}", file=sys.stderr)
         return 2
     print(f"Serving {folder or path.name} on http://127.0.0.1:{port}  (Ctrl-C stops it)", flush=True)
-    return serve(path, port, path.name if folder else path.name[:2])
+    return serve(path, port, label)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Take the pictures of the chat page that the docs show: `python tools/screenshot.py [OUT_DIR]`.
+"""Take the pictures of the chat page that the docs show: `python -m tools.screenshot [OUT_DIR]`.
 
 `make screenshots` calls it. It serves step 05, opens the page in a headless
 Chromium, turns "show thinking" on, asks "explain", and saves the page while
@@ -11,9 +11,8 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from harness.server import ROOT, find_step, start_server  # noqa: E402
+from harness.server import ROOT, start_server
+from harness.steps import find
 
 OUT_DIR = ROOT / "docs" / "assets" / "generated"
 # Debian's chromium: Playwright cannot download its own browser everywhere.
@@ -66,7 +65,7 @@ def main(argv: list[str]) -> int:
     if not Path(CHROMIUM).is_file():
         print(f"No Chromium at {CHROMIUM}: install it (Debian: apt install chromium).", file=sys.stderr)
         return 2
-    with start_server(find_step("05")) as server, sync_playwright() as playwright:
+    with start_server(find("05").path) as server, sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         try:
             for path in take_screenshots(browser.new_page(), server.base_url, out_dir):

@@ -30,12 +30,10 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from harness.load import COMPLETE, ProtocolViolation, Sample, Tally, classify, fire, sample  # noqa: E402
-from harness.server import AUTH, ServerError, find_step, socket_count, start_server, step_dirs  # noqa: E402
-from harness.sse import stream_chat  # noqa: E402
-from tools.run import LAST_CORE_STEP  # noqa: E402
+from harness.load import COMPLETE, ProtocolViolation, Sample, Tally, classify, fire, sample
+from harness.server import AUTH, socket_count, start_server
+from harness.sse import stream_chat
+from harness.steps import UnknownStep, find, last_core
 
 WORKERS = 16
 STREAMS = 16
@@ -97,18 +95,16 @@ def print_table(samples: list[Sample], started: float, counts: list[int]) -> Non
 
 def main(argv: list[str]) -> int:
     try:
-        if len(argv) > 1 and argv[1]:
-            step_dir = find_step(argv[1])
-        else:
-            step_dir = [p for p in step_dirs() if int(p.name[:2]) <= LAST_CORE_STEP][-1]
-    except ServerError as exc:
+        step = find(argv[1]) if len(argv) > 1 and argv[1] else last_core()
+    except UnknownStep as exc:
         print(f"make soak: {exc}", file=sys.stderr)
         return 2
-    if int(step_dir.name[:2]) < 3:
+    step_dir = step.path
+    if step.number < 3:
         print(f"make soak: {step_dir.name} has no streaming endpoint; soak step 03 or later", file=sys.stderr)
         return 2
     chat_app = load_chat_app(step_dir)
-    thinking_ok = int(step_dir.name[:2]) >= 4
+    thinking_ok = step.number >= 4
     print(f"Soaking {step_dir.name}: {STREAMS} streams, {WORKERS} dirty workers, {SECONDS:.0f} s", flush=True)
 
     server = start_server(step_dir, env={"DIRTY_WORKERS": str(WORKERS)}, dirty_workers=WORKERS)

@@ -1,28 +1,23 @@
-"""Print a step's folder, relative to the repository: `python tools/step_path.py [--previous] 02`."""
+"""Print a step's folder, relative to the repository: `python -m tools.step_path [--previous] 02`."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from harness.server import ROOT, ServerError, find_step, step_dirs  # noqa: E402
+from harness.steps import ROOT, UnknownStep, find
 
 
 def main(argv: list[str]) -> int:
     previous = "--previous" in argv
     names = [a for a in argv[1:] if a != "--previous"]
     try:
-        path = find_step(names[0])
+        step = find(names[0])
         if previous:
-            steps = step_dirs()
-            index = steps.index(path)
-            if index == 0:
-                raise ServerError(f"{path.name} is the first step: nothing comes before it")
-            path = steps[index - 1]
-    except (ServerError, IndexError) as exc:
-        print(exc or "usage: step_path.py [--previous] STEP", file=sys.stderr)
+            if step.previous is None:
+                raise UnknownStep(f"{step.name} is the first step: nothing comes before it")
+            step = step.previous
+    except (UnknownStep, IndexError) as exc:
+        print(exc or "usage: python -m tools.step_path [--previous] STEP", file=sys.stderr)
         return 2
-    print(path.relative_to(ROOT))
+    print(step.path.relative_to(ROOT))
     return 0
 
 

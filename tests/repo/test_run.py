@@ -17,7 +17,7 @@ import httpx
 from harness.server import ROOT, free_port
 from tools.docs_commands import reader_env
 
-# More dirty workers than make run shows the start of (tools/run.py, SHOWN_WORKERS).
+# More dirty workers than make run shows the start of (tools.run, SHOWN_WORKERS).
 WORKERS = 4
 
 
@@ -56,10 +56,10 @@ def test_make_run_serves_a_copy_and_says_when_it_is_ready(step, tmp_path):
     port = free_port()
     # The command make run runs (the Makefile's part is checked below): make
     # itself dies of the Ctrl-C it gets too, whatever gunicorn's status.
-    command = [sys.executable, "tools/run.py", "", str(port), str(workspace)]
+    command = [sys.executable, "-m", "tools.run", "", str(port), str(workspace)]
     dry = subprocess.run(["make", "-n", "run", f"DIR={workspace}", f"PORT={port}"], cwd=ROOT,
                          env=reader_env(), capture_output=True, text=True, check=True).stdout
-    assert f'tools/run.py "" "{port}" "{workspace}"' in dry, dry
+    assert f'-m tools.run "" "{port}" "{workspace}"' in dry, dry
     run = subprocess.Popen(command, cwd=ROOT, env=reader_env(DIRTY_WORKERS=str(WORKERS)), text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
