@@ -70,8 +70,8 @@ def test_the_published_site_is_built_as_the_suite_builds_it():
     runs = [step.get("run", "") for step in steps]
     uses = [step.get("uses", "").split("@")[0] for step in steps]
     setup = next(step for step in steps if step.get("uses", "").startswith("actions/setup-python"))
-    assert str(setup["with"]["python-version"]) == "3.11", "the site is built on another Python than the suite's"
-    assert "python -m pip install -r requirements.txt" in runs, "the workflow does not install requirements.txt"
+    assert str(setup["with"]["python-version"]) == "3.11", "the site is built on another Python"
+    assert "python -m pip install -r requirements.txt" in runs, "the workflow installs no requirements.txt"
     built = [run for run in runs if run.startswith(BUILD)]
     assert built == [f"{BUILD} site"], f"the workflow builds the site otherwise than with {BUILD!r}: {runs}"
     upload = next(step for step in steps if step.get("uses", "").startswith("actions/upload-pages-artifact"))
@@ -179,8 +179,9 @@ def test_a_chosen_file_that_did_not_change_fails_the_build(two_steps):
 
 
 def test_a_marker_names_the_files_of_its_part():
-    markers = what_changed.WHAT_CHANGED.findall("<!-- what-changed 03 -->\n<!-- what-changed 03 capacity.py -->\n"
-                                                "<!-- what-changed 05 static/app.js main.py -->\n")
+    page = ("<!-- what-changed 03 -->\n<!-- what-changed 03 capacity.py -->\n"
+            "<!-- what-changed 05 static/app.js main.py -->\n")
+    markers = what_changed.WHAT_CHANGED.findall(page)
     assert [(number, names.split()) for number, names in markers] == [
         ("03", []), ("03", ["capacity.py"]), ("05", ["static/app.js", "main.py"])]
 
@@ -218,7 +219,7 @@ def test_a_step_readme_links_every_file_of_its_step_and_the_built_site():
         assert not broken, f"{step}/README.md links to files that do not exist: {broken}"
         missing = sorted(set(what_changed.step_files(step.path)) - set(links))
         assert not missing, f"{step}/README.md does not link to {missing}"
-        assert "`make docs`" in text and "GitHub Pages" in text, f"{step}/README.md: no word of the built site"
+        assert "`make docs`" in text and "GitHub Pages" in text, f"{step}/README.md: no word of the site"
 
 
 def test_a_readme_row_that_says_unchanged_is_true():
