@@ -27,9 +27,9 @@ from types import ModuleType
 # Process inspection lives in harness.procs; process_roles and the socket
 # counts stay importable from here for tools/ and test_disconnect.py.
 from harness.procs import process_roles, process_tree, settled_socket_count, socket_count  # noqa: F401
+from harness.steps import all_steps
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS_DIR = ROOT / "steps"
 # Step 06 wants an API key and, without CHAT_API_KEY set, takes this
 # development key. Clients of the tests, notebooks and benchmarks send it
 # to every step; the steps before 06 ignore the header.
@@ -43,24 +43,10 @@ class ServerError(RuntimeError):
     """The server did not start, or did not stop, as it should."""
 
 
-def step_dirs() -> list[Path]:
-    """Every step folder, in order."""
-    return sorted(p for p in STEPS_DIR.iterdir() if p.is_dir() and p.name[:2].isdigit())
-
-
-def find_step(step: str) -> Path:
-    """Resolve "02", "2" or "02_dirty_worker" to the step's folder."""
-    for path in step_dirs():
-        if step in (path.name, path.name[:2]) or (step.isdigit() and int(step) == int(path.name[:2])):
-            return path
-    names = ", ".join(p.name for p in step_dirs())
-    raise ServerError(f"no step {step!r}; the steps are: {names}")
-
-
 @functools.cache
 def shared_module_names() -> frozenset[str]:
     """The module names that more than one step folder has (main, capacity...)."""
-    stems = Counter(path.stem for folder in step_dirs() for path in folder.glob("*.py"))
+    stems = Counter(path.stem for step in all_steps() for path in step.path.glob("*.py"))
     return frozenset(stem for stem, steps in stems.items() if steps > 1)
 
 

@@ -60,27 +60,20 @@ from urllib.parse import urlsplit
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from harness import load as strict  # noqa: E402
-from harness.server import (  # noqa: E402
+from harness import load as strict
+from harness.server import (
     LiveServer,
-    find_step,
     process_roles,
     socket_count,
     start_server,
-    step_dirs,
     step_modules,
 )
-from harness.sse import ChatStream, Event  # noqa: E402
+from harness.sse import ChatStream, Event
+from harness.steps import ROOT, find, last_core
 
 OUT_DIR = ROOT / "docs" / "generated" / "bench"
 # Server logs go here (git-ignored), so that a failed run can be read afterwards.
 LOG_DIR = ROOT / "bench-output"
-# The core tutorial ends with step 05 (tools/run.py); later steps are bonus.
-LAST_CORE_STEP = 5
 # The same prompt for every chat, so that stream durations compare.
 PROMPT = "explain"
 # The mixed scenario's servers: the step's config plus a record of where each chat ran.
@@ -827,13 +820,11 @@ async def run_mixed(opts: Options, log: Callable[[str], None]) -> dict:
 
 
 def final_step() -> Path:
-    """The final step as shipped: the last core step, or BENCH_STEP."""
+    """The final step as shipped: the last core step, or BENCH_STEP (a step or a folder)."""
     chosen = os.environ.get("BENCH_STEP", "")
     if chosen and Path(chosen).is_dir():
         return Path(chosen).resolve()
-    if chosen:
-        return find_step(chosen)
-    return [p for p in step_dirs() if int(p.name[:2]) <= LAST_CORE_STEP][-1]
+    return (find(chosen) if chosen else last_core()).path
 
 
 def shipped_setting(step_dir: Path, name: str, default: str | None = None) -> str:
@@ -1363,7 +1354,7 @@ def rounded(data):
 
 def options_from(args: argparse.Namespace) -> Options:
     step_dir = Path(args.step).resolve() if args.step and Path(args.step).is_dir() else (
-        find_step(args.step) if args.step else final_step())
+        find(args.step).path if args.step else final_step())
     default = int(shipped_setting(step_dir, "dirty_workers"))
     quick = args.quick
     if args.configs:
