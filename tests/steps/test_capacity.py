@@ -29,6 +29,17 @@ def run(coroutine):
     return run_in_fresh_loop(asyncio.wait_for(coroutine, GUARD))
 
 
+def one_worker_taken(capacity, waiting: int, *, max_waiting: int | None = None, retry_after: int = 7):
+    """A line of one dirty worker, taken, and `waiting` places joined behind it in order.
+
+    Returns (line, the running place, the waiting places); the line has room
+    for `max_waiting` waiting places (`waiting` unless told otherwise).
+    """
+    room = waiting if max_waiting is None else max_waiting
+    line = capacity.Capacity(workers=1, max_waiting=room, retry_after=retry_after)
+    return line, line.join(), [line.join() for _ in range(waiting)]
+
+
 async def until(condition) -> None:
     """Let other tasks run until `condition()` holds (GUARD bounds the wait)."""
     while not condition():
@@ -139,10 +150,7 @@ def test_workers_are_never_lost_or_invented(step, capacity):
 
 def test_turn_yields_each_position_down_to_the_front(step, capacity):
     async def scenario():
-        line = capacity.Capacity(workers=1, max_waiting=3, retry_after=7)
-        running = line.join()
-        ahead = line.join()
-        place = line.join()
+        _line, running, (ahead, place) = one_worker_taken(capacity, 2, max_waiting=3)
         seen = []
 
         async def wait():
@@ -173,9 +181,7 @@ def test_turn_of_a_running_place_yields_nothing(step, capacity):
 
 def test_turn_repeats_the_position_while_nothing_moves(step, capacity):
     async def scenario():
-        line = capacity.Capacity(workers=1, max_waiting=1, retry_after=7)
-        running = line.join()
-        place = line.join()
+        _line, running, (place,) = one_worker_taken(capacity, 1)
         seen = []
 
         async def wait():
@@ -196,10 +202,7 @@ def test_turn_repeats_the_position_while_nothing_moves(step, capacity):
 
 def test_turn_gives_up_with_busy(step, capacity):
     async def scenario():
-        line = capacity.Capacity(workers=1, max_waiting=2, retry_after=9)
-        running = line.join()
-        place = line.join()
-        behind = line.join()
+        line, running, (place, behind) = one_worker_taken(capacity, 2, retry_after=9)
         loop = asyncio.get_running_loop()
         started = loop.time()
         seen = []
@@ -226,9 +229,7 @@ def test_turn_gives_up_with_busy(step, capacity):
 
 def test_wait_turn_returns_when_a_worker_is_free(step, capacity):
     async def scenario():
-        line = capacity.Capacity(workers=1, max_waiting=1, retry_after=7)
-        running = line.join()
-        place = line.join()
+        _line, running, (place,) = one_worker_taken(capacity, 1)
         task = asyncio.create_task(place.wait_turn(give_up_after=GUARD))
         await asyncio.sleep(0)
         assert not task.done()
@@ -241,9 +242,7 @@ def test_wait_turn_returns_when_a_worker_is_free(step, capacity):
 
 def test_wait_turn_gives_up_with_busy(step, capacity):
     async def scenario():
-        line = capacity.Capacity(workers=1, max_waiting=1, retry_after=4)
-        line.join()
-        place = line.join()
+        _line, _running, (place,) = one_worker_taken(capacity, 1, retry_after=4)
         with pytest.raises(capacity.Busy) as gave_up:
             await place.wait_turn(give_up_after=SHORT)
         return gave_up.value
@@ -256,10 +255,7 @@ def test_a_cancelled_waiter_leaves_cleanly(step, capacity):
     dependency in main.py calls leave() on the way out."""
 
     async def scenario():
-        line = capacity.Capacity(workers=1, max_waiting=2, retry_after=7)
-        running = line.join()
-        place = line.join()
-        behind = line.join()
+        line, running, (place, behind) = one_worker_taken(capacity, 2)
 
         seen = []
 
@@ -319,9 +315,7 @@ def test_a_worker_freed_while_the_position_is_told_is_not_lost(step, capacity):
     whatever happens meanwhile must still wake the wait that follows."""
 
     async def scenario():
-        line = capacity.Capacity(workers=1, max_waiting=1, retry_after=7)
-        running = line.join()
-        place = line.join()
+        _line, running, (place,) = one_worker_taken(capacity, 1)
         positions = place.turn(update_every=GUARD, give_up_after=GUARD)
         assert await positions.__anext__() == 1
         # The client is hearing "1" right now, and the worker comes free.
@@ -335,10 +329,7 @@ def test_a_worker_freed_while_the_position_is_told_is_not_lost(step, capacity):
 
 def test_a_move_up_while_the_position_is_told_is_not_lost(step, capacity):
     async def scenario():
-        line = capacity.Capacity(workers=1, max_waiting=2, retry_after=7)
-        line.join()
-        ahead = line.join()
-        place = line.join()
+        _line, _running, (ahead, place) = one_worker_taken(capacity, 2)
         positions = place.turn(update_every=GUARD, give_up_after=GUARD)
         assert await positions.__anext__() == 2
         ahead.leave()
@@ -397,22 +388,20 @@ def test_nobody_starts_while_a_worker_loads(step, capacity):
     assert place.running and place.moved.is_set()
 
 
-def test_a_worker_that_starts_loading_tells_those_waiting(step, capacity):
-    line = capacity.Capacity(workers=1, max_waiting=2, retry_after=7)
-    line.join()
-    place = line.join()
+def woken_by_a_look(capacity, loading: bool) -> bool:
+    """One place waits behind the one worker; main.py looks again, the same size: was the place woken?"""
+    line, _running, (place,) = one_worker_taken(capacity, 1, max_waiting=2)
     place.moved.clear()
-    line.resize(workers=1, max_waiting=2, loading=True)
-    assert place.moved.is_set(), "those in line did not hear that the line is held"
+    line.resize(workers=1, max_waiting=2, loading=loading)
+    return place.moved.is_set()
+
+
+def test_a_worker_that_starts_loading_tells_those_waiting(step, capacity):
+    assert woken_by_a_look(capacity, loading=True), "those in line did not hear that the line is held"
 
 
 def test_the_same_size_again_wakes_nobody(step, capacity):
-    line = capacity.Capacity(workers=1, max_waiting=2, retry_after=7)
-    line.join()
-    place = line.join()
-    place.moved.clear()
-    line.resize(workers=1, max_waiting=2, loading=False)
-    assert not place.moved.is_set(), "an unchanged look woke those in line"
+    assert not woken_by_a_look(capacity, loading=False), "an unchanged look woke those in line"
 
 
 def test_giving_up_while_a_worker_loads_says_so(step, capacity):
