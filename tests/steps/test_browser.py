@@ -27,6 +27,7 @@ OUTPUT = ROOT / "test-output"
 # The newest answer of the conversation, in JavaScript.
 LAST_BOT = "[...document.querySelectorAll('.msg.bot')].at(-1)"
 WAITING = "Waiting for a free model worker: you are number {} in line…"
+LOADING = "The model is still loading: you are number {} in line…"
 ONE_WORKER = {"env": {"DIRTY_WORKERS": "1"}, "dirty_workers": 1}
 
 
@@ -274,6 +275,24 @@ def test_a_full_server_puts_the_page_in_line(step, start, page):
     assert not any("waiting" in payload for payload in other.payloads)
 
 
+@pytest.mark.paced
+def test_a_chat_sent_while_the_model_loads_says_so(step, start, page):
+    # A load slow enough to click before it ends, as a real model's would be.
+    server = start(env={"DIRTY_WORKERS": "1", "CHAT_LOAD_SECONDS": "15"}, ready=False)
+    with httpx.Client(base_url=server.base_url, timeout=10, headers=AUTH) as http:
+        assert http.get("/ready").status_code == 503, "the model was loaded already: this test proves nothing"
+    page.goto(server.base_url)
+    chip(page, "hello").click()
+    waiting = last_bot(page).locator(".waiting")
+    expect(waiting).to_have_text(LOADING.format(1), timeout=30_000)
+    expect(page.locator(".cursor")).to_have_count(0)
+    # Once the model has loaded, the answer comes.
+    expect(waiting).to_be_hidden(timeout=60_000)
+    wait_until_ready(page)
+    assert answer_text(page) == sync_answer(server, "hello")
+    expect(last_bot(page).get_by_role("alert")).to_have_count(0)
+
+
 def test_a_server_that_is_down_gets_a_clear_message(step, start, page):
     server = start(**ONE_WORKER)
     page.goto(server.base_url)
@@ -431,6 +450,9 @@ def test_waiting_in_line_is_shown_until_the_first_token(step, stub, stub_page):
     expect(page.locator(".cursor")).to_have_count(0)
     feed(page, stub, b'data: {"token": "", "waiting": 1}\n\n')
     expect(waiting).to_have_text(WAITING.format(1))
+    # The line stands still while a model loads: the page says that, not that workers are busy.
+    feed(page, stub, b'data: {"token": "", "waiting": 1, "reason": "loading"}\n\n')
+    expect(waiting).to_have_text(LOADING.format(1))
     feed(page, stub, b'data: {"token": "Hi", "phase": "answer"}\n\n')
     expect(waiting).to_be_hidden()
     expect(page.locator(".cursor")).to_have_count(1)

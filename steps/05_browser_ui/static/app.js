@@ -247,9 +247,11 @@ function render(turn) {
   turn.answer.replaceChildren(...nodes);
 }
 
-function showWaiting(turn, position) {
+function showWaiting(turn, position, reason) {
   turn.isWaiting = true;
-  turn.waiting.textContent = `Waiting for a free model worker: you are number ${Number(position)} in line…`;
+  // "loading": the line stands still because a model worker is still loading, not because all are busy.
+  const why = reason === "loading" ? "The model is still loading" : "Waiting for a free model worker";
+  turn.waiting.textContent = `${why}: you are number ${Number(position)} in line…`;
   turn.waiting.hidden = false;
   render(turn);
 }
@@ -294,7 +296,7 @@ function handlePayload(turn, payload) {
     return;
   }
   if (typeof payload.waiting === "number") {
-    showWaiting(turn, payload.waiting);
+    showWaiting(turn, payload.waiting, payload.reason);
     return;
   }
   if (!payload.token) return;
