@@ -91,18 +91,27 @@ class ChatStream:
         return bool(self.events) and self.events[-1].done
 
 
+def split_events(data: bytes) -> tuple[list[bytes], bytes]:
+    """Cut SSE bytes into events: the complete ones at the head of `data`, and the unfinished rest.
+
+    An event ends with a blank line; each is returned without it. A reader
+    of a stream keeps the rest and puts the next chunk after it, since an
+    event may be split between two reads.
+    """
+    *events, rest = data.split(b"\n\n")
+    return events, rest
+
+
 def iter_events(response: httpx.Response, result: ChatStream):
     """Yield each event of an SSE response as soon as it is complete.
 
-    The raw bytes go to `result.body` as they arrive; an event may be split
-    between two reads, so the unfinished part waits for the rest.
+    The raw bytes go to `result.body` as they arrive.
     """
-    buffer = b""
+    rest = b""
     for chunk in response.iter_raw():
         result.body += chunk
-        buffer += chunk
-        while b"\n\n" in buffer:
-            raw, buffer = buffer.split(b"\n\n", 1)
+        events, rest = split_events(rest + chunk)
+        for raw in events:
             yield Event(raw.decode("utf-8"), time.monotonic())
 
 

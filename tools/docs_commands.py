@@ -49,6 +49,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.sse import Event, split_events
+
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUTS = Path("docs/generated/outputs")
 PAGE_URL = "http://127.0.0.1:8000"
@@ -408,13 +410,13 @@ def stream_events(text: str) -> list[str] | None:
     if "data: " not in text:
         return None
     events = []
-    for raw in text.replace("\r\n", "\n").split("\n\n"):
-        lines = [line for line in raw.split("\n") if line and not line.startswith(":")]
+    complete, rest = split_events(text.replace("\r\n", "\n").encode())
+    for event in (Event(raw.decode(), at=0.0) for raw in [*complete, rest]):
+        lines = [line for line in event.lines if line and not line.startswith(":")]
         if not lines:
             continue
-        data = "\n".join(line[len("data: "):] for line in lines if line.startswith("data: "))
         try:
-            if isinstance(payload := json.loads(data), dict) and "waiting" in payload:
+            if isinstance(payload := json.loads(event.data), dict) and "waiting" in payload:
                 continue
         except ValueError:
             pass
