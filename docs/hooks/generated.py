@@ -11,6 +11,8 @@
 - ``<!-- bench-table -->`` includes ``docs/generated/bench/table.md`` (written by
   ``make bench``) with snippets, and its charts if they are there, or says how
   to produce them.
+- ``<!-- loop-times -->`` includes ``docs/generated/loop/times.md`` (written by
+  ``make loop-times``): how long each step's checks take, or says how to measure it.
 - ``<!-- notebooks -->`` lists the notebooks of ``notebooks/``, which this hook
   adds to the site for mkdocs-jupyter to render (without running them).
 """
@@ -38,11 +40,13 @@ STEPS = ROOT / "steps"
 NOTEBOOKS = ROOT / "notebooks"
 SCREENSHOTS = DOCS / "assets" / "generated"
 BENCH_TABLE = DOCS / "generated" / "bench" / "table.md"
+LOOP_TIMES = DOCS / "generated" / "loop" / "times.md"
 SETTINGS_PAGE = "concepts/configuration.md"
 
 SETTINGS_TABLE = re.compile(r"^<!-- settings-table -->$", re.MULTILINE)
 SCREENSHOT = re.compile(r"^<!-- screenshot (\S+\.png) (.+?) -->$", re.MULTILINE)
 BENCH = re.compile(r"^<!-- bench-table -->$", re.MULTILINE)
+LOOP = re.compile(r"^<!-- loop-times -->$", re.MULTILINE)
 NOTEBOOK_LIST = re.compile(r"^<!-- notebooks -->$", re.MULTILINE)
 SETTING_SECTION = re.compile(r"^### `(\w+)` \{ #(\w+) \}$", re.MULTILINE)
 
@@ -200,6 +204,17 @@ def bench_table(path: Path = BENCH_TABLE, root: Path = ROOT, page_uri: str = "co
     )
 
 
+def loop_times(path: Path = LOOP_TIMES, root: Path = ROOT) -> str:
+    if path.is_file():
+        return f'--8<-- "{path.relative_to(root).as_posix()}"\n'
+    return (
+        '!!! info "Not measured yet"\n'
+        "    `make loop-times` times each step's `make check` and `make test` and\n"
+        "    writes the table to `docs/generated/loop/times.md`; it has not run on\n"
+        "    this copy of the repository yet.\n"
+    )
+
+
 def notebooks(folder: Path | None = None) -> list[Path]:
     folder = folder or NOTEBOOKS
     return sorted(folder.glob("*.ipynb")) if folder.is_dir() else []
@@ -273,12 +288,13 @@ def on_page_markdown(markdown, page, config, files):
         markdown = SETTINGS_TABLE.sub(lambda m: settings_table(per_step), markdown)
     markdown = SCREENSHOT.sub(lambda m: screenshot(uri, m.group(1), m.group(2)), markdown)
     markdown = BENCH.sub(lambda m: bench_table(page_uri=uri), markdown)
+    markdown = LOOP.sub(lambda m: loop_times(), markdown)
     return NOTEBOOK_LIST.sub(lambda m: notebook_list(uri), markdown)
 
 
 # mkdocs serve: rebuild when the things this hook reads change.
 def on_serve(server, config, builder):
-    for path in (STEPS, NOTEBOOKS, SCREENSHOTS, BENCH_TABLE.parent):
+    for path in (STEPS, NOTEBOOKS, SCREENSHOTS, BENCH_TABLE.parent, LOOP_TIMES.parent):
         if path.exists():
             server.watch(os.fspath(path))
     return server

@@ -284,6 +284,22 @@ def test_the_benchmark_table_is_included_once_it_exists(tmp_path):
     assert with_chart.endswith("](../generated/bench/burst.png)\n") and "ttft_by_workers" not in with_chart
 
 
+def test_the_loop_times_are_included_once_they_exist(tmp_path):
+    times = tmp_path / "docs" / "generated" / "loop" / "times.md"
+    missing = generated.loop_times(times, root=tmp_path)
+    assert "make loop-times" in missing and "--8<--" not in missing
+    times.parent.mkdir(parents=True)
+    times.write_text("| step | check | test |\n|---|---|---|\n| 01 | 20 s | 60 s |\n")
+    assert generated.loop_times(times, root=tmp_path) == '--8<-- "docs/generated/loop/times.md"\n'
+
+
+def test_the_instructors_timing_section_shows_the_loop_times():
+    text = (DOCS / "instructor.md").read_text()
+    section = text[text.index("## Timing and what to demo"):]
+    section = section[:section.index("\n## ", 1)]
+    assert "<!-- loop-times -->" in section, "the timing section leaves out how long the checks take"
+
+
 def test_the_notebooks_page_works_with_and_without_notebooks(tmp_path, monkeypatch):
     monkeypatch.setattr(generated, "NOTEBOOKS", tmp_path / "notebooks")
     assert "No notebooks yet" in generated.notebook_list("going-further/notebooks.md")
