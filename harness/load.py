@@ -25,7 +25,7 @@ import httpx
 
 from harness.procs import MEMORY_KIND, memory_kib, socket_count
 from harness.server import AUTH
-from harness.sse import ChatStream, iter_events, stream_chat
+from harness.sse import ChatStream, Event, iter_events, stream_chat
 
 COMPLETE = "complete"
 REFUSED = "refused"
@@ -133,9 +133,11 @@ class WatchedChat:
     """One chat read on a thread of its own, watched while it streams.
 
     For tests that act in the middle of a stream (kill a worker, stop the
-    server): `wait_for_tokens` returns once that many tokens have arrived,
-    and `finish` returns everything the client saw. Every read waits at most
-    `timeout` seconds, so a stream that stalls ends in an exception, not a hang.
+    server, send another chat): `wait_for_tokens` returns once that many
+    tokens have arrived, `first_event` and `first_token` once the first has,
+    and `finish` returns everything the client saw. Every read, and every
+    wait here unless told otherwise, lasts at most `timeout` seconds, so a
+    stream that stalls ends in an exception, not a hang.
     """
 
     def __init__(self, base_url: str, prompt: str = "explain", *, timeout: float = 30.0, **body):
@@ -144,7 +146,7 @@ class WatchedChat:
         self.timeout = timeout
         self.result: ChatStream | None = None
         self.exception: BaseException | None = None
-        self._tokens = 0
+        self._ended = False
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -163,31 +165,77 @@ class WatchedChat:
                     for event in iter_events(response, result):
                         with self._changed:
                             result.events.append(event)
-                            self._tokens += event.is_token
                             self._changed.notify_all()
                     result.finished = time.monotonic()
         except Exception as exc:  # the test sees it through finish()
             self.exception = exc
         finally:
             with self._changed:
+                self._ended = True
                 self._changed.notify_all()
 
-    def wait_for_tokens(self, count: int, timeout: float) -> bool:
-        """True once `count` tokens have arrived; False if the chat ended or time ran out first."""
+    @property
+    def running(self) -> bool:
+        """True until the chat has ended, one way or another."""
         with self._changed:
-            return self._changed.wait_for(
-                lambda: self._tokens >= count or not self._thread.is_alive(), timeout
-            ) and self._tokens >= count
+            return not self._ended
+
+    def _wait(self, arrived: Callable[[ChatStream], bool], timeout: float | None) -> bool:
+        def seen() -> bool:
+            return self.result is not None and arrived(self.result)
+
+        with self._changed:
+            self._changed.wait_for(lambda: seen() or self._ended, timeout or self.timeout)
+            return seen()
+
+    def wait_for_tokens(self, count: int, timeout: float | None = None) -> bool:
+        """True once `count` tokens have arrived; False if the chat ended or time ran out first."""
+        return self._wait(lambda result: len(result.token_events) >= count, timeout)
+
+    def first_event(self, timeout: float | None = None) -> dict:
+        """The payload of the chat's first event (a token, or a place in line), once it has arrived.
+
+        Raises ProtocolViolation if the chat ends, or time runs out, before any event.
+        """
+        if not self._wait(lambda result: bool(result.events), timeout):
+            raise ProtocolViolation(f"no event came: {self!r}")
+        with self._changed:
+            return self.result.payloads[0]
+
+    def first_token(self, timeout: float | None = None) -> Event:
+        """The chat's first token, once it has arrived.
+
+        Raises ProtocolViolation if the chat ends, or time runs out, before any token.
+        """
+        if not self.wait_for_tokens(1, timeout):
+            raise ProtocolViolation(f"no token came: {self!r}")
+        with self._changed:
+            return self.result.token_events[0]
 
     def finish(self, timeout: float | None = None) -> ChatStream:
-        """Wait for the chat to end and return it; raise what went wrong, if anything did."""
-        self._thread.join(self.timeout * 2 if timeout is None else timeout)
+        """Wait for the chat to end and return it; raise what went wrong, if anything did.
+
+        A chat that ends without [DONE] raises ProtocolViolation.
+        """
+        timeout = self.timeout * 2 if timeout is None else timeout
+        self._thread.join(timeout)
         if self._thread.is_alive():
-            raise TimeoutError(f"the chat was still running after {timeout} s")
+            raise TimeoutError(f"the chat was still running after {timeout:.0f} s: {self!r}")
         if self.exception is not None:
             raise self.exception
         assert self.result is not None
+        if not self.result.ended_with_done:
+            raise ProtocolViolation(f"the chat did not end with [DONE]: {self!r}")
         return self.result
+
+    def __repr__(self) -> str:
+        result, state = self.result, "running" if self.running else "ended"
+        if result is None:
+            return f"<chat {self.body['prompt']!r}, {state}, no answer yet>"
+        return (
+            f"<chat {self.body['prompt']!r}, {state}: status {result.status}, "
+            f"{len(result.events)} events, ends {result.body[-200:]!r}>"
+        )
 
 
 @dataclass
