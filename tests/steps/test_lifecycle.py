@@ -19,8 +19,10 @@ import time
 import httpx
 import pytest
 
-from harness.server import AUTH, process_roles
-from harness.sse import ChatStream, iter_events
+from harness.load import WatchedChat
+from harness.procs import ARBITER, DIRTY, process_roles
+from harness.server import AUTH
+from harness.sse import ChatStream
 
 pytestmark = pytest.mark.paced
 
@@ -33,44 +35,9 @@ GUARD = 60.0
 SOCKET_NOT_READY = "Worker socket not ready"
 
 
-class Chat:
-    """One POST /chat read in a thread of its own, its events visible as they arrive."""
-
-    def __init__(self, base_url: str, prompt: str = LONG):
-        self.result = ChatStream(status=0, headers=httpx.Headers(), started=time.monotonic())
-        self.thread = threading.Thread(target=self._read, args=(base_url, prompt), daemon=True)
-        self.thread.start()
-
-    def _read(self, base_url: str, prompt: str) -> None:
-        with (
-            httpx.Client(base_url=base_url, timeout=GUARD, headers=AUTH) as client,
-            client.stream("POST", "/chat", json={"prompt": prompt}) as response,
-        ):
-            self.result.status, self.result.headers = response.status_code, response.headers
-            for event in iter_events(response, self.result):
-                self.result.events.append(event)
-        self.result.finished = time.monotonic()
-
-    def wait_for_first_event(self) -> dict:
-        deadline = time.monotonic() + GUARD
-        while not self.result.events:
-            assert self.thread.is_alive(), f"the chat ended without an event: {self.result.body[:300]!r}"
-            assert time.monotonic() < deadline, "no event arrived within the guard time"
-            time.sleep(0.01)
-        return self.result.payloads[0]
-
-    def wait_for_first_token(self) -> None:
-        deadline = time.monotonic() + GUARD
-        while not self.result.token_events:
-            assert self.thread.is_alive(), f"the chat ended without a token: {self.result.body[:300]!r}"
-            assert time.monotonic() < deadline, "no token arrived within the guard time"
-            time.sleep(0.01)
-
-    def wait_for_end(self) -> ChatStream:
-        self.thread.join(GUARD)
-        assert not self.thread.is_alive(), "the chat did not end within the guard time"
-        assert self.result.ended_with_done, f"the chat did not end with [DONE]: {self.result.body[-300:]!r}"
-        return self.result
+def start_chat(server, prompt: str = LONG) -> WatchedChat:
+    """A chat read on a thread of its own (harness.load), every wait bounded by GUARD."""
+    return WatchedChat(server.base_url, prompt, timeout=GUARD).start()
 
 
 def ready(server) -> httpx.Response:
@@ -90,11 +57,11 @@ def wait_until_ready(server, loaded: int, workers: int) -> dict:
 
 
 def arbiter_pid(server) -> int:
-    return next(pid for pid, role in process_roles(server.pid).items() if role == "arbiter")
+    return next(pid for pid, role in process_roles(server.pid).items() if role == ARBITER)
 
 
 def dirty_pids(server) -> set[int]:
-    return {pid for pid, role in process_roles(server.pid).items() if role == "dirty"}
+    return {pid for pid, role in process_roles(server.pid).items() if role == DIRTY}
 
 
 def assert_never_socket_not_ready(texts: list[str]) -> None:
@@ -128,10 +95,10 @@ def test_a_chat_sent_while_the_model_loads_gets_its_answer_or_a_clear_503(step, 
     threads = [threading.Thread(target=ask) for _ in range(3)]
     for thread in threads:
         thread.start()
-    streams = [Chat(server.base_url, "hello") for _ in range(2)] if step.number >= 3 else []
+    streams = [start_chat(server, "hello") for _ in range(2)] if step.number >= 3 else []
     for thread in threads:
         thread.join(GUARD)
-    results = [stream.wait_for_end() for stream in streams]
+    results = [stream.finish() for stream in streams]
     assert_never_socket_not_ready([answer.text for answer in answers] + [r.body.decode() for r in results])
     for answer in answers:
         if answer.status_code == 503:
@@ -174,12 +141,22 @@ def test_a_respawned_worker_is_counted_and_gets_no_chat_before_it_has_loaded(ste
 def test_the_line_follows_dirty_workers_set_by_the_environment(step, start):
     server = start(env={"DIRTY_WORKERS": "1"}, dirty_workers=1)
     wait_until_ready(server, loaded=1, workers=1)
-    first = Chat(server.base_url)
-    first.wait_for_first_token()
-    second = Chat(server.base_url)
-    assert "waiting" in second.wait_for_first_event(), "a 2nd chat on 1 dirty worker was not told it waits"
-    first.wait_for_end()
-    second.wait_for_end()
+    first = start_chat(server)
+    first.first_token()
+    second = start_chat(server)
+    assert "waiting" in second.first_event(), "a 2nd chat on 1 dirty worker was not told it waits"
+    first.finish()
+    second.finish()
+
+
+def third_chat_waits(server) -> tuple[bool, list[ChatStream]]:
+    """Two chats get a word each, then a third is sent: was it told to wait? And all three, ended."""
+    running = [start_chat(server) for _ in range(2)]
+    for chat in running:
+        chat.first_token()
+    third = start_chat(server)
+    waited = "waiting" in third.first_event()
+    return waited, [chat.finish() for chat in [*running, third]]
 
 
 @pytest.mark.since("03")
@@ -187,33 +164,19 @@ def test_the_line_follows_the_flag_and_ttin_and_ttou(step, start):
     # No DIRTY_WORKERS: the step's own default (32 in step 05) is overridden by the flag.
     server = start(args=("--dirty-workers", "2"), dirty_workers=2)
     wait_until_ready(server, loaded=2, workers=2)
-    running = [Chat(server.base_url) for _ in range(2)]
-    for chat in running:
-        chat.wait_for_first_token()
-    third = Chat(server.base_url)
-    assert "waiting" in third.wait_for_first_event(), "--dirty-workers 2: a 3rd chat did not hear it waits"
-    for chat in [*running, third]:
-        chat.wait_for_end()
+    waited, _ = third_chat_waits(server)
+    assert waited, "--dirty-workers 2: a 3rd chat did not hear it waits"
 
     os.kill(arbiter_pid(server), signal.SIGTTIN)
     wait_until_ready(server, loaded=3, workers=3)
-    running = [Chat(server.base_url) for _ in range(2)]
-    for chat in running:
-        chat.wait_for_first_token()
-    third = Chat(server.base_url)
-    assert "waiting" not in third.wait_for_first_event(), "after TTIN, a 3rd chat still waited in line"
-    for chat in [*running, third]:
-        assert not chat.wait_for_end().errors
+    waited, results = third_chat_waits(server)
+    assert not waited, "after TTIN, a 3rd chat still waited in line"
+    assert not [result.errors for result in results if result.errors], "a chat failed after TTIN"
 
     os.kill(arbiter_pid(server), signal.SIGTTOU)
     wait_until_ready(server, loaded=2, workers=2)
-    running = [Chat(server.base_url) for _ in range(2)]
-    for chat in running:
-        chat.wait_for_first_token()
-    third = Chat(server.base_url)
-    assert "waiting" in third.wait_for_first_event(), "after TTOU, the line still let 3 chats run at once"
-    for chat in [*running, third]:
-        chat.wait_for_end()
+    waited, _ = third_chat_waits(server)
+    assert waited, "after TTOU, the line still let 3 chats run at once"
 
 
 @pytest.mark.since("03")
@@ -222,11 +185,11 @@ def test_ttou_stops_the_oldest_dirty_worker_even_mid_answer(step, start):
     dirty worker and sends it SIGTERM at once; the answer it was writing is cut,
     and its client hears a model_error event, then [DONE]."""
     server = start(args=("--dirty-workers", "2"), dirty_workers=2)
-    chats = [Chat(server.base_url) for _ in range(2)]
+    chats = [start_chat(server) for _ in range(2)]
     for chat in chats:
-        chat.wait_for_first_token()
+        chat.first_token()
     os.kill(arbiter_pid(server), signal.SIGTTOU)
-    results = [chat.wait_for_end() for chat in chats]
+    results = [chat.finish() for chat in chats]
     cut = [result for result in results if result.errors]
     errors = [result.errors for result in results]
     assert len(cut) == 1, f"TTOU with both workers answering should cut exactly one answer: {errors}"

@@ -11,16 +11,14 @@ and the page must change with them.
 
 import concurrent.futures
 import re
-import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from gunicorn.dirty import DirtyClient
 
-from harness.server import AUTH, DIRTY_READY
-from harness.sse import ChatStream, iter_events
+from harness.load import WatchedChat
+from harness.server import DIRTY_READY
 
 # The tests lean on the model's real answer times: long waits short.
 pytestmark = [pytest.mark.since("03"), pytest.mark.paced]
@@ -34,71 +32,35 @@ BENCH_CONF = Path(__file__).resolve().parents[2] / "tools" / "bench_conf.py"
 GUARD = 60.0
 
 
-class Chat:
-    """One POST /chat read in a thread of its own, its events visible as they arrive."""
-
-    def __init__(self, base_url: str, prompt: str):
-        self.result = ChatStream(status=0, headers=httpx.Headers(), started=time.monotonic())
-        self.thread = threading.Thread(target=self._read, args=(base_url, prompt), daemon=True)
-        self.thread.start()
-
-    def _read(self, base_url: str, prompt: str) -> None:
-        with (
-            httpx.Client(base_url=base_url, timeout=GUARD, headers=AUTH) as client,
-            client.stream("POST", "/chat", json={"prompt": prompt}) as response,
-        ):
-            self.result.status, self.result.headers = response.status_code, response.headers
-            for event in iter_events(response, self.result):
-                self.result.events.append(event)
-        self.result.finished = time.monotonic()
-
-    def wait_for_first_token(self) -> None:
-        deadline = time.monotonic() + GUARD
-        while not self.result.token_events:
-            assert self.thread.is_alive(), f"the chat ended without a token: {self.result.body[:300]!r}"
-            assert time.monotonic() < deadline, "no token arrived within the guard time"
-            time.sleep(0.01)
-
-    def wait_for_end(self) -> ChatStream:
-        self.thread.join(GUARD)
-        assert not self.thread.is_alive(), "the chat did not end within the guard time"
-        assert self.result.ended_with_done, f"the chat did not end with [DONE]: {self.result.body[-300:]!r}"
-        return self.result
-
-    @property
-    def first_token(self) -> float:
-        return self.result.token_events[0].at
-
-    @property
-    def last_token(self) -> float:
-        return self.result.token_events[-1].at
-
-    @property
-    def waited(self) -> bool:
-        return any("waiting" in payload for payload in self.result.payloads)
+def start_chat(server, prompt: str) -> WatchedChat:
+    """A chat read on a thread of its own (harness.load), every wait bounded by GUARD."""
+    return WatchedChat(server.base_url, prompt, timeout=GUARD).start()
 
 
-def long_short_then_one_more(server) -> tuple[Chat, Chat]:
-    """A (long) and B (short) take the two workers; C is sent once B is over. Returns A and C."""
-    a = Chat(server.base_url, LONG)
-    a.wait_for_first_token()
-    b = Chat(server.base_url, SHORT)
-    b.wait_for_first_token()
-    b.wait_for_end()
-    assert a.thread.is_alive(), "the long chat ended before the short one, so the experiment proves nothing"
-    c = Chat(server.base_url, SHORT)
-    c.wait_for_end()
-    a.wait_for_end()
-    assert not c.waited, "the line held back a chat although one of the two dirty workers was free"
-    return a, c
+def long_short_then_one_more(server) -> tuple[float, float]:
+    """A (long) and B (short) take the two workers; C is sent once B is over.
+
+    Returns when A's last word came and when C's first word came.
+    """
+    a = start_chat(server, LONG)
+    a.first_token()
+    b = start_chat(server, SHORT)
+    b.first_token()
+    b.finish()
+    assert a.running, "the long chat ended before the short one, so the experiment proves nothing"
+    c = start_chat(server, SHORT).finish()
+    a_last = a.finish().token_events[-1].at
+    waited = any("waiting" in payload for payload in c.payloads)
+    assert not waited, "the line held back a chat although one of the two dirty workers was free"
+    return a_last, c.token_events[0].at
 
 
 # The long answer must outlast the short one by more than the machine's jitter: a real model's pace.
 @pytest.mark.paced
 def test_a_chat_waits_behind_a_busy_worker_while_another_is_idle(start):
     """Round-robin sends C to A's worker: C's first word comes only after A's last."""
-    a, c = long_short_then_one_more(start(env={"DIRTY_WORKERS": "2"}, dirty_workers=2))
-    assert c.first_token > a.last_token, (
+    a_last, c_first = long_short_then_one_more(start(env={"DIRTY_WORKERS": "2"}, dirty_workers=2))
+    assert c_first > a_last, (
         "a chat sent while one dirty worker was idle got its first word before the busy worker "
         "finished: the arbiter no longer routes blind to load, and docs/concepts/capacity.md must change"
     )
@@ -109,8 +71,8 @@ def test_a_least_busy_arbiter_would_put_that_chat_on_the_idle_worker(start):
     """The same experiment with make bench's least-busy arbiter: the test above can fail, and would."""
     server = start(config=BENCH_CONF, env={"DIRTY_WORKERS": "2", "BENCH_ROUTING": "least-busy"},
                    dirty_workers=2)
-    a, c = long_short_then_one_more(server)
-    assert c.first_token < a.last_token, (
+    a_last, c_first = long_short_then_one_more(server)
+    assert c_first < a_last, (
         "with the arbiter patched to pick the least busy worker, the chat still waited for the busy one: "
         "tools/bench_conf.py's least-busy yardstick does not route as it says"
     )
