@@ -25,17 +25,9 @@ import httpx
 import pytest
 from bad_input import BAD_REQUESTS, JSON, error_text, unsized_body
 
+from harness import procs
 from harness.load import COMPLETE, FAILED, WatchedChat, classify
-from harness.server import (
-    AUTH,
-    DIRTY_READY,
-    memory_kib,
-    process_tree,
-    run_in_fresh_loop,
-    settled_socket_count,
-    socket_count,
-    wait_for_ready,
-)
+from harness.server import AUTH, DIRTY_READY, run_in_fresh_loop, wait_for_ready
 from harness.sse import ChatStream, stream_chat
 
 ONE_WORKER = {"env": {"DIRTY_WORKERS": "1"}, "dirty_workers": 1}
@@ -70,12 +62,7 @@ def poll(condition, timeout: float, interval: float = 0.05):
 def dirty_worker_pids(server) -> set[int]:
     """The dirty workers of a server: the children of its current dirty arbiter."""
     arbiter = int(re.findall(r"Spawned dirty arbiter \(pid: (\d+)\)", server.log())[-1])
-    return set(process_tree(arbiter)) - {arbiter}
-
-
-def private_kib(pids: list[int]) -> int:
-    """Memory that only these processes hold (USS): private pages, clean or dirty."""
-    return memory_kib(pids, "Private_Clean") + memory_kib(pids, "Private_Dirty")
+    return set(procs.process_tree(arbiter)) - {arbiter}
 
 
 # --- malformed requests ------------------------------------------------------
@@ -205,13 +192,6 @@ def test_a_killed_dirty_worker_ends_the_stream_with_an_error(step, start, step_m
     assert after.text == chat_app.GREETING
 
 
-def threads(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    return 0
-
-
 @pytest.mark.since("02")
 def test_a_killed_dirty_worker_fails_a_sync_chat_cleanly(step, start, step_module):
     chat_app = step_module("chat_app")
@@ -226,7 +206,7 @@ def test_a_killed_dirty_worker_fails_a_sync_chat_cleanly(step, start, step_modul
     asker = threading.Thread(target=ask, daemon=True)
     asker.start()
     # A dirty worker starts its model thread with its first request: then it is busy.
-    assert poll(lambda: threads(victim) > 1, timeout=READ_TIMEOUT)
+    assert poll(lambda: procs.thread_count(victim) > 1, timeout=READ_TIMEOUT)
     os.kill(victim, signal.SIGKILL)
     asker.join(READ_TIMEOUT)
     response = outcome["response"]
@@ -334,40 +314,45 @@ def start_watched(start):
     return start(config=FAULT_CONF, **{**ONE_WORKER_ANY_STEP, "env": env})
 
 
-@pytest.mark.since("03")
-def test_a_silent_model_is_replaced(step, start_faulty, step_module, tmp_path):
-    chat_app = step_module("chat_app")
+@pytest.fixture
+def stalling(start_faulty, tmp_path):
+    """A server whose one dirty worker stalls its first answer: the server, that worker's pid, a client."""
     server = start_faulty("stall:3", **stuck_model(tmp_path))
     (stuck,) = dirty_worker_pids(server)
     with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
-        first = stream_chat(http, "explain")
-        assert classify(first) == FAILED, first.body[-300:]
-        assert first.errors[0]["type"] == "timeout"
-        # The error and [DONE] came after dirty_timeout of silence, not after the stall.
-        silence = first.events[-1].at - first.token_events[-1].at
-        assert silence < DIRTY_TIMEOUT + 2, f"the stream ended {silence:.1f} s after its last word"
-        assert_replaced_by_its_watchdog(server, stuck)
-        # The fresh worker answers in full: the stall struck once.
-        again = stream_chat(http, "explain")
-        assert classify(again) == COMPLETE, again.body[-300:]
-        assert again.text == chat_app.EXPLAIN
+        yield server, stuck, http
+
+
+@pytest.mark.since("03")
+def test_a_silent_model_is_replaced(step, stalling, step_module):
+    chat_app = step_module("chat_app")
+    server, stuck, http = stalling
+    first = stream_chat(http, "explain")
+    assert classify(first) == FAILED, first.body[-300:]
+    assert first.errors[0]["type"] == "timeout"
+    # The error and [DONE] came after dirty_timeout of silence, not after the stall.
+    silence = first.events[-1].at - first.token_events[-1].at
+    assert silence < DIRTY_TIMEOUT + 2, f"the stream ended {silence:.1f} s after its last word"
+    assert_replaced_by_its_watchdog(server, stuck)
+    # The fresh worker answers in full: the stall struck once.
+    again = stream_chat(http, "explain")
+    assert classify(again) == COMPLETE, again.body[-300:]
+    assert again.text == chat_app.EXPLAIN
 
 
 @pytest.mark.since("02")
-def test_a_silent_model_is_replaced_after_a_sync_chat(step, start_faulty, step_module, tmp_path):
+def test_a_silent_model_is_replaced_after_a_sync_chat(step, stalling, step_module):
     chat_app = step_module("chat_app")
-    server = start_faulty("stall:3", **stuck_model(tmp_path))
-    (stuck,) = dirty_worker_pids(server)
-    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
-        sent = time.monotonic()
-        response = http.post("/chat/sync", json={"prompt": "explain"})
-        waited = time.monotonic() - sent
-        assert response.status_code == 504, response.text
-        assert waited < DIRTY_TIMEOUT + 2, f"the timeout came after {waited:.1f} s"
-        assert_replaced_by_its_watchdog(server, stuck)
-        after = http.post("/chat/sync", json={"prompt": "explain"})
-        assert after.status_code == 200, after.text
-        assert after.json()["response"] == chat_app.EXPLAIN
+    server, stuck, http = stalling
+    sent = time.monotonic()
+    response = http.post("/chat/sync", json={"prompt": "explain"})
+    waited = time.monotonic() - sent
+    assert response.status_code == 504, response.text
+    assert waited < DIRTY_TIMEOUT + 2, f"the timeout came after {waited:.1f} s"
+    assert_replaced_by_its_watchdog(server, stuck)
+    after = http.post("/chat/sync", json={"prompt": "explain"})
+    assert after.status_code == 200, after.text
+    assert after.json()["response"] == chat_app.EXPLAIN
 
 
 @pytest.mark.paced
@@ -472,8 +457,8 @@ def test_hang_ups_stop_the_model_and_leave_nothing_behind(step, start, step_modu
             stream_chat(http, "explain", stop_after_tokens=1)
         # A whole answer leaves the arbiter's connection to the worker open, as at the end.
         assert classify(stream_chat(http, "hello")) == COMPLETE
-        idle_sockets = settled_socket_count(server.pids)
-        before_uss, before_pss = private_kib(server.pids()), memory_kib(server.pids())
+        idle_sockets = procs.settled_socket_count(server.pids)
+        before_uss, before_memory = procs.memory_kib(server.pids(), "uss"), procs.memory_kib(server.pids())
 
         straight, queued = [], 0
         for _ in range(DROPS):
@@ -495,12 +480,13 @@ def test_hang_ups_stop_the_model_and_leave_nothing_behind(step, start, step_modu
     median = statistics.median(straight)
     assert not late, f"first tokens after {remaining:.1f} s: {late} (median {median:.2f} s)"
 
-    settled = poll(lambda: socket_count(server.pids()) == idle_sockets, timeout=10)
-    assert settled, (socket_count(server.pids()), idle_sockets)
-    after_uss, after_pss = private_kib(server.pids()), memory_kib(server.pids())
+    settled = poll(lambda: procs.socket_count(server.pids()) == idle_sockets, timeout=10)
+    assert settled, (procs.socket_count(server.pids()), idle_sockets)
+    after_uss, after_memory = procs.memory_kib(server.pids(), "uss"), procs.memory_kib(server.pids())
     growth = (after_uss - before_uss) / before_uss
     assert growth < MAX_GROWTH, (
-        f"USS {before_uss} -> {after_uss} KiB ({growth:+.1%}); PSS {before_pss} -> {after_pss} KiB"
+        f"USS {before_uss} -> {after_uss} KiB ({growth:+.1%}); "
+        f"{procs.MEMORY_KIND.upper()} {before_memory} -> {after_memory} KiB"
     )
 
 
@@ -631,18 +617,9 @@ STREAMS_CUT_ON_SIGTERM = (
 )
 
 
-def processes_alive(snapshot: dict[int, str]) -> list[int]:
+def processes_alive(snapshot: dict[int, float]) -> list[int]:
     """Which processes of a snapshot (pid -> start time) still exist, zombies aside."""
-    alive = []
-    for pid, started in snapshot.items():
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[19] == started and fields[0] != "Z":
-            alive.append(pid)
-    return alive
+    return [pid for pid, started in snapshot.items() if procs.alive(pid, started)]
 
 
 @dataclass
@@ -656,9 +633,7 @@ class Shutdown:
 
 
 def sigterm_with_streams_open(server) -> Shutdown:
-    snapshot = {
-        pid: Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] for pid in server.pids()
-    }
+    snapshot = {pid: started for pid in server.pids() if (started := procs.started_at(pid)) is not None}
     chats = [WatchedChat(server.base_url, "explain", timeout=READ_TIMEOUT).start() for _ in range(2)]
     assert all(chat.wait_for_tokens(2, READ_TIMEOUT) for chat in chats)
     server.proc.send_signal(signal.SIGTERM)

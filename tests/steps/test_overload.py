@@ -9,13 +9,13 @@ tested without a server in test_capacity.py.
 
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
+from harness import procs
 from harness.load import COMPLETE, FAILED, REFUSED, fire
-from harness.server import AUTH, process_roles
+from harness.server import AUTH
 from harness.sse import stream_chat
 
 pytestmark = pytest.mark.since("03")
@@ -173,7 +173,7 @@ def test_the_server_recovers_after_the_burst(step, burst, step_module):
 def test_the_http_worker_runs_on_uvloop(step, server):
     # Step 05 names asgi_loop = "uvloop" for a room's load (make bench compares
     # it with asyncio). Only an HTTP worker that runs it has it loaded.
-    roles = process_roles(server.pid)
-    on_uvloop = [pid for pid in roles if "/uvloop/" in Path(f"/proc/{pid}/maps").read_text()]
+    roles = procs.process_roles(server.pid)
+    on_uvloop = [pid for pid in roles if procs.has_library(pid, "/uvloop/")]
     assert [roles[pid] for pid in on_uvloop] == ["http"]
     assert "falling back to asyncio" not in server.log()
