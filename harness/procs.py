@@ -1,9 +1,9 @@
 """Look inside a running gunicorn server: its processes, their roles, sockets, memory and CPU.
 
-Built on psutil, so it reads Linux and macOS alike. Every function takes
-pids and skips a process that has exited meanwhile (or that this user may
-not inspect), as a server's tree changes under a test: a worker that is
-replaced while it is read counts as gone.
+Built on psutil, so it reads Linux and macOS alike. Every function skips a
+process that has exited meanwhile (or that this user may not inspect), as a
+server's tree changes under a test: a worker replaced while it is read
+counts as gone.
 
 Memory: PSS (proportional set size: a page shared by n processes counts
 1/n in each) where the platform has it (Linux), else USS (the pages only
