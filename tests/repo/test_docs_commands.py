@@ -185,6 +185,26 @@ def test_a_stream_is_compared_event_by_event(tmp_path):
     assert difference(command, shown, shown.replace("data: [DONE]\n\n", "")) is not None
 
 
+def test_only_what_changes_by_design_is_masked_in_an_answer(tmp_path):
+    from tools.docs_commands import difference
+
+    command = Command(tmp_path / "p.md", 1, "curl -sS --fail --max-time 9 http://127.0.0.1:8000/v1/chat/completions",
+                      output=tmp_path / "o.txt", step="06")
+    shown = ('{"id":"chatcmpl-1a2b","object":"chat.completion","created":1700000000,'
+             '"usage":{"total_tokens":38}}')
+    # An OpenAI answer's id and creation time are new on every call.
+    now = shown.replace("1a2b", "9f8e7d").replace("1700000000", "1700000123")
+    assert difference(command, shown, now) is None
+    assert difference(command, shown, shown.replace("38", "39")) is not None
+    assert difference(command, shown, shown.replace("chat.completion", "chat.completion.chunk")) is not None
+    # A Prometheus count depends on what the server answered before; its series does not.
+    metric = 'chat_http_requests_total{endpoint="/v1/chat/completions",status="200"} 1.0\n'
+    assert difference(command, metric, metric.replace("1.0", "17.0")) is None
+    assert difference(command, metric, metric.replace('"200"', '"401"')) is not None
+    # Other answers are compared as they are, digits included.
+    assert difference(command, '{"detail":"x"} 401', '{"detail":"x"} 415') is not None
+
+
 def test_commands_run_as_in_a_fresh_shell_even_under_make(tmp_path, monkeypatch):
     # `make test` exports MAKELEVEL and MAKEFLAGS; a nested make would then print
     # "Entering directory" lines that a reader's terminal never shows.
