@@ -184,7 +184,7 @@ def mapped_files(pid: int) -> list[str]:
     """The paths of the files the process has mapped: its executable, shared libraries, mmapped data.
 
     psutil's memory_maps() where the platform has it (Linux), else lsof
-    (macOS), whose "txt" lines are the mapped files.
+    (macOS), which lists mapped files as "txt" (macOS) or "mem" (Linux).
     """
     try:
         process = psutil.Process(pid)
@@ -193,7 +193,7 @@ def mapped_files(pid: int) -> list[str]:
     except GONE:
         return []
     listing = subprocess.run(
-        ["lsof", "-a", "-p", str(pid), "-d", "txt", "-Fn"], capture_output=True, text=True, check=False
+        ["lsof", "-a", "-p", str(pid), "-d", "txt,mem", "-Fn"], capture_output=True, text=True, check=False
     ).stdout
     return [line[1:] for line in listing.splitlines() if line.startswith("n")]
 

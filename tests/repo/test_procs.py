@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import httpx
+import psutil
 import pytest
 
 from harness import procs
@@ -87,6 +89,15 @@ def test_only_the_http_worker_has_uvloop_loaded(server):
     roles = procs.process_roles(server.pid)
     assert [roles[pid] for pid in roles if procs.has_library(pid, "/uvloop/")] == ["http"]
     assert procs.has_library(server.pid, "libc")
+
+
+def test_without_memory_maps_lsof_names_the_libraries(server, monkeypatch, in_ci):
+    """macOS's psutil has no memory_maps(): has_library asks lsof instead."""
+    if not shutil.which("lsof") and not in_ci:
+        pytest.skip("lsof is not installed")
+    monkeypatch.delattr(psutil.Process, "memory_maps")
+    roles = procs.process_roles(server.pid)
+    assert [roles[pid] for pid in roles if procs.has_library(pid, "/uvloop/")] == ["http"]
 
 
 def test_the_listening_master_is_found_from_the_port(server):
