@@ -2,19 +2,15 @@
 
 import asyncio
 
+from chat_request import MAX_BODY_BYTES, ChatRequest, check_input, require_json
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from gunicorn.dirty import DirtyClient, DirtyError, DirtyTimeoutError
 from gunicorn.dirty.client import get_dirty_socket_path
 from gunicorn.dirty.stash import StashClient
 from gunicorn_conf import Tables
-from pydantic import BaseModel, Field, StrictBool, field_validator
-from starlette.datastructures import Headers
+from pydantic import BaseModel
 
-MAX_PROMPT_CHARS = 4000
-MAX_BODY_BYTES = 64 * 1024
 # The dirty app to call, as named in gunicorn_conf.dirty_apps.
 CHAT_APP = "chat_app:ChatApp"
 # Seconds the HTTP worker waits for a whole answer; the longest takes about 7 s.
@@ -28,59 +24,13 @@ LOAD_WAIT = 30.0
 LOOK_EVERY = 0.5
 
 
-class ChatRequest(BaseModel):
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    # Strict, so that "yes" or 1 is an error rather than a silent True.
-    thinking: StrictBool = False
-
-    @field_validator("prompt")
-    @classmethod
-    def prompt_is_not_blank(cls, prompt: str) -> str:
-        if not prompt.strip():
-            raise ValueError("prompt must not be blank")
-        return prompt
-
-
 class ChatResponse(BaseModel):
     response: str
 
 
-class LimitBodySize:
-    """Refuse a body that announces itself as too large, before reading it.
-
-    The routes' own ``max_body_size`` still guards bodies sent without a
-    Content-Length; this middleware makes the usual case answer in JSON.
-    """
-
-    def __init__(self, app, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = Headers(scope=scope).get("content-length")
-            if length is not None and int(length) > self.max_bytes:
-                # The unread body is still on its way: close the connection
-                # after answering, and say so, so the client does not reuse it.
-                response = JSONResponse(
-                    {"detail": f"request body is larger than {self.max_bytes} bytes"},
-                    status_code=413,
-                    headers={"Connection": "close"},
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 app = FastAPI(title="Dirty chat")
-app.add_middleware(LimitBodySize, max_bytes=MAX_BODY_BYTES)
-
-
-@app.exception_handler(RequestValidationError)
-async def validation_error(request: Request, exc: RequestValidationError):
-    # Say what was wrong and where, without echoing the (maybe huge) input.
-    errors = [{key: error[key] for key in ("type", "loc", "msg")} for error in exc.errors()]
-    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+# Bad input gets a clear JSON error before the model is asked (chat_request.py).
+check_input(app)
 
 
 @app.exception_handler(DirtyError)
@@ -89,12 +39,6 @@ async def dirty_error(request: Request, exc: DirtyError):
     if isinstance(exc, DirtyTimeoutError):
         return JSONResponse({"detail": f"the model took too long: {exc}"}, status_code=504)
     return JSONResponse({"detail": f"the model is unavailable: {exc}"}, status_code=503)
-
-
-async def require_json(request: Request) -> None:
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise HTTPException(415, "Content-Type must be application/json")
 
 
 async def model_loaded() -> None:

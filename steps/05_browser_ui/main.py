@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 from capacity import Busy, Capacity, Place
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
+from chat_request import MAX_BODY_BYTES, ChatRequest, check_input, require_json
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
@@ -17,11 +16,8 @@ from gunicorn.dirty import DirtyClient, DirtyError, DirtyTimeoutError
 from gunicorn.dirty.client import get_dirty_socket_path
 from gunicorn.dirty.stash import StashClient
 from gunicorn_conf import Tables, dirty_workers
-from pydantic import BaseModel, Field, StrictBool, field_validator
-from starlette.datastructures import Headers
+from pydantic import BaseModel
 
-MAX_PROMPT_CHARS = 4000
-MAX_BODY_BYTES = 64 * 1024
 # The dirty app to call, as named in gunicorn_conf.dirty_apps.
 CHAT_APP = "chat_app:ChatApp"
 # The chat page's files, found next to this module from any working directory.
@@ -47,48 +43,8 @@ STASH_TIMEOUT = 2.0
 FOLLOW_EVERY = 0.5
 
 
-class ChatRequest(BaseModel):
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    # Strict, so that "yes" or 1 is an error rather than a silent True.
-    thinking: StrictBool = False
-
-    @field_validator("prompt")
-    @classmethod
-    def prompt_is_not_blank(cls, prompt: str) -> str:
-        if not prompt.strip():
-            raise ValueError("prompt must not be blank")
-        return prompt
-
-
 class ChatResponse(BaseModel):
     response: str
-
-
-class LimitBodySize:
-    """Refuse a body that announces itself as too large, before reading it.
-
-    The routes' own ``max_body_size`` still guards bodies sent without a
-    Content-Length; this middleware makes the usual case answer in JSON.
-    """
-
-    def __init__(self, app, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = Headers(scope=scope).get("content-length")
-            if length is not None and int(length) > self.max_bytes:
-                # The unread body is still on its way: close the connection
-                # after answering, and say so, so the client does not reuse it.
-                response = JSONResponse(
-                    {"detail": f"request body is larger than {self.max_bytes} bytes"},
-                    status_code=413,
-                    headers={"Connection": "close"},
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 async def look_at_model_workers() -> None:
@@ -115,17 +71,11 @@ async def lifespan(app: FastAPI):
 
 
 app = FastAPI(title="Dirty chat", lifespan=lifespan)
-app.add_middleware(LimitBodySize, max_bytes=MAX_BODY_BYTES)
+# Bad input gets a clear JSON error before the model is asked (chat_request.py).
+check_input(app)
 # gunicorn_conf's number until a look at the dirty workers (at start, and
 # before every chat) says how many the arbiter keeps.
 capacity = Capacity(dirty_workers, WAITING_PER_WORKER * dirty_workers, RETRY_AFTER)
-
-
-@app.exception_handler(RequestValidationError)
-async def validation_error(request: Request, exc: RequestValidationError):
-    # Say what was wrong and where, without echoing the (maybe huge) input.
-    errors = [{key: error[key] for key in ("type", "loc", "msg")} for error in exc.errors()]
-    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
 
 @app.exception_handler(DirtyError)
@@ -143,12 +93,6 @@ async def busy(request: Request, exc: Busy):
         status_code=503,
         headers={"Retry-After": str(exc.retry_after)},
     )
-
-
-async def require_json(request: Request) -> None:
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise HTTPException(415, "Content-Type must be application/json")
 
 
 @app.get("/health")

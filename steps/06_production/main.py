@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Annotated
 
 from capacity import Busy, Capacity, Place
-from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
+from chat_request import MAX_BODY_BYTES, ChatRequest, check_input, require_json
+from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent, format_sse_event
 from fastapi.staticfiles import StaticFiles
@@ -34,14 +33,11 @@ from metrics import (
     render_metrics,
 )
 from openai_format import Completion, CompletionRequest
-from pydantic import BaseModel, Field, StrictBool, field_validator
+from pydantic import BaseModel
 from security import rate_limit
-from starlette.datastructures import Headers
 
 log = logging.getLogger("gunicorn.error")
 
-MAX_PROMPT_CHARS = 4000
-MAX_BODY_BYTES = 64 * 1024
 # The dirty app to call, as named in gunicorn_conf.dirty_apps.
 CHAT_APP = "chat_app:ChatApp"
 # The chat page's files, found next to this module from any working directory.
@@ -67,48 +63,8 @@ STASH_TIMEOUT = 2.0
 FOLLOW_EVERY = 0.5
 
 
-class ChatRequest(BaseModel):
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    # Strict, so that "yes" or 1 is an error rather than a silent True.
-    thinking: StrictBool = False
-
-    @field_validator("prompt")
-    @classmethod
-    def prompt_is_not_blank(cls, prompt: str) -> str:
-        if not prompt.strip():
-            raise ValueError("prompt must not be blank")
-        return prompt
-
-
 class ChatResponse(BaseModel):
     response: str
-
-
-class LimitBodySize:
-    """Refuse a body that announces itself as too large, before reading it.
-
-    The routes' own ``max_body_size`` still guards bodies sent without a
-    Content-Length; this middleware makes the usual case answer in JSON.
-    """
-
-    def __init__(self, app, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = Headers(scope=scope).get("content-length")
-            if length is not None and int(length) > self.max_bytes:
-                # The unread body is still on its way: close the connection
-                # after answering, and say so, so the client does not reuse it.
-                response = JSONResponse(
-                    {"detail": f"request body is larger than {self.max_bytes} bytes"},
-                    status_code=413,
-                    headers={"Connection": "close"},
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 async def look_at_model_workers() -> None:
@@ -135,18 +91,12 @@ async def lifespan(app: FastAPI):
 
 
 app = FastAPI(title="Dirty chat", lifespan=lifespan)
-app.add_middleware(LimitBodySize, max_bytes=MAX_BODY_BYTES)
+# Bad input gets a clear JSON error before the model is asked (chat_request.py).
+check_input(app)
 app.add_middleware(CountRequests)
 # gunicorn_conf's number until a look at the dirty workers (at start, and
 # before every chat) says how many the arbiter keeps.
 capacity = Capacity(dirty_workers, WAITING_PER_WORKER * dirty_workers, RETRY_AFTER)
-
-
-@app.exception_handler(RequestValidationError)
-async def validation_error(request: Request, exc: RequestValidationError):
-    # Say what was wrong and where, without echoing the (maybe huge) input.
-    errors = [{key: error[key] for key in ("type", "loc", "msg")} for error in exc.errors()]
-    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
 
 @app.exception_handler(DirtyError)
@@ -164,12 +114,6 @@ async def busy(request: Request, exc: Busy):
         status_code=503,
         headers={"Retry-After": str(exc.retry_after)},
     )
-
-
-async def require_json(request: Request) -> None:
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise HTTPException(415, "Content-Type must be application/json")
 
 
 @app.get("/health")
