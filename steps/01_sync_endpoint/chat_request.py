@@ -9,7 +9,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, StrictBool, field_validator
+from pydantic import BaseModel, Field, field_validator
 from starlette.datastructures import Headers
 
 MAX_PROMPT_CHARS = 4000
@@ -21,8 +21,6 @@ class ChatRequest(BaseModel):
     default), so a client may send more than this server reads."""
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    # Strict, so that "yes" or 1 is an error rather than a silent True.
-    thinking: StrictBool = False
 
     @field_validator("prompt")
     @classmethod

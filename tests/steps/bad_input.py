@@ -1,4 +1,8 @@
-"""Bad requests and what each must get back, shared by the tests of /chat/sync and /chat."""
+"""Bad requests and what each must get back, shared by the tests of /chat/sync and /chat.
+
+BAD_REQUESTS holds for every step; THINKING_REQUESTS from step 04 on, where
+the request has a `thinking` field (before it, an unknown field is ignored).
+"""
 
 from collections.abc import Iterator
 
@@ -13,8 +17,6 @@ BAD_REQUESTS = {
     "empty object": (dict(json={}), 422, "prompt"),
     "prompt is a number": (dict(json={"prompt": 42}), 422, "string"),
     "prompt is null": (dict(json={"prompt": None}), 422, "string"),
-    "thinking is a string": (dict(json={"prompt": "hi", "thinking": "yes"}), 422, "boolean"),
-    "thinking is a number": (dict(json={"prompt": "hi", "thinking": 1}), 422, "boolean"),
     "body is an array": (dict(json=["hello"]), 422, "object"),
     "empty prompt": (dict(json={"prompt": ""}), 422, "at least 1 character"),
     "blank prompt": (dict(json={"prompt": " \n\t "}), 422, "blank"),
@@ -28,6 +30,13 @@ BAD_REQUESTS = {
     ),
     "no content type": (dict(content=b'{"prompt": "hello"}'), 415, "application/json"),
     "1 MB prompt": (dict(json={"prompt": "x" * 1_000_000}), 413, "larger than"),
+}
+
+# The same shape, for the `thinking` field that step 04 adds.
+THINKING_REQUESTS = {
+    "thinking is a string": (dict(json={"prompt": "hi", "thinking": "yes"}), 422, "boolean"),
+    "thinking is a number": (dict(json={"prompt": "hi", "thinking": 1}), 422, "boolean"),
+    "thinking is null": (dict(json={"prompt": "hi", "thinking": None}), 422, "boolean"),
 }
 
 

@@ -28,6 +28,21 @@ def test_chat_sync_answers_with_the_canned_text(step, client, step_module, promp
     assert response.json() == {"response": answer_for(step_module, prompt)}
 
 
+def test_chat_sync_ignores_a_field_it_does_not_know(step, client, step_module):
+    response = client.post("/chat/sync", json={"prompt": "hello", "colour": "blue"})
+    assert response.status_code == 200, "a field the request does not declare should be ignored"
+    assert response.json() == {"response": answer_for(step_module, "hello")}
+
+
+@pytest.mark.until("03")
+@pytest.mark.parametrize("thinking", [True, False, "yes"], ids=repr)
+def test_thinking_is_an_unknown_field_before_it_is_taught(step, client, step_module, thinking):
+    response = client.post("/chat/sync", json={"prompt": "hello", "thinking": thinking})
+    assert response.status_code == 200, "before step 04, `thinking` should be ignored like any unknown field"
+    assert response.json() == {"response": answer_for(step_module, "hello")}, "no thinking before step 04"
+
+
+@pytest.mark.since("04")
 def test_chat_sync_accepts_thinking_false(step, client, step_module):
     response = client.post("/chat/sync", json={"prompt": "hello", "thinking": False})
     assert response.status_code == 200
