@@ -22,7 +22,8 @@ def load_doctor():
 def run_doctor(*args: str) -> subprocess.CompletedProcess:
     # The doctor runs before the environment exists: with the machine's python3.
     python = "python3" if subprocess.run(["python3", "-c", ""]).returncode == 0 else sys.executable
-    return subprocess.run([python, str(DOCTOR), *args], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    return subprocess.run([python, "-m", "tools.doctor", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=180)
 
 
 def test_the_doctor_is_happy_on_a_ready_machine():
