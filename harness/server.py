@@ -165,6 +165,7 @@ class LiveServer:
     proc: subprocess.Popen
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    terminated: bool = field(default=False, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -193,6 +194,12 @@ class LiveServer:
     def running(self) -> bool:
         return self.proc.poll() is None
 
+    def terminate(self) -> None:
+        """Ask the server to stop (SIGTERM) without waiting: stop() waits for it later."""
+        if self.proc.poll() is None and not self.terminated:
+            self.proc.send_signal(signal.SIGTERM)
+            self.terminated = True
+
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM, then SIGKILL the whole group after `timeout` seconds.
 
@@ -200,7 +207,7 @@ class LiveServer:
         processes that exit on their own write their coverage data.
         """
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
