@@ -1,6 +1,8 @@
 """Gunicorn settings. Run with: gunicorn -c gunicorn_conf.py main:app"""
 
+import logging
 import os
+import traceback
 from pathlib import Path
 
 from gunicorn.dirty.stash import StashClient, get_stash_socket_path
@@ -30,6 +32,46 @@ control_socket_disable = True
 # tests add the port with --name, for two servers of one step).
 proc_name = f"dirty-chat-{Path(__file__).parent.name}"
 accesslog = "-"
+
+
+class HangUps(logging.Filter):
+    """One calm line for a client that hangs up mid-answer, and no traceback.
+
+    When a client hangs up, the dirty arbiter and worker find their sockets
+    closed, and each logs that as an ERROR, tracebacks included. A hang-up is
+    no error: the arbiter's line becomes one INFO line, and the other lines,
+    the same hang-up told again, are dropped. A model that fails raises its
+    own error, not a closed socket's, and keeps its traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if not any(_closed_socket(arg) for arg in args):
+            return True
+        # Gunicorn's line for the request the arbiter was passing on: (worker pid, error).
+        if record.msg != "Error executing on worker %s: %s":
+            return False
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args = "client hung up: the request on dirty worker %s is cancelled", args[:1]
+        return True
+
+
+def _closed_socket(error: object) -> bool:
+    """True for a ConnectionError raised while gunicorn wrote a message: the other end was gone."""
+    if not isinstance(error, ConnectionError):
+        return False
+    return any(frame.name == "write_message_async" for frame in traceback.extract_tb(error.__traceback__))
+
+
+# Gunicorn merges this into its own logging defaults (glogging.CONFIG_DEFAULTS),
+# one top-level key at a time: gunicorn.error gets the filter and keeps the
+# default handler (stderr) and the --log-level; the access log stays as it is.
+logconfig_dict = {
+    "filters": {"hang_ups": {"()": HangUps}},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["error_console"], "filters": ["hang_ups"], "propagate": False},
+    },
+}
 
 
 class Tables:

@@ -1,8 +1,10 @@
 """Gunicorn settings. Run with: gunicorn -c gunicorn_conf.py main:app"""
 
+import logging
 import os
 import shutil
 import tempfile
+import traceback
 from pathlib import Path
 
 from gunicorn.dirty.stash import StashClient, get_stash_socket_path
@@ -39,11 +41,43 @@ accesslog = "-"
 # The request id of every answer, in the access log too.
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss request_id=%({x-request-id}o)s'
 
+
+class HangUps(logging.Filter):
+    """One calm line for a client that hangs up mid-answer, and no traceback.
+
+    When a client hangs up, the dirty arbiter and worker find their sockets
+    closed, and each logs that as an ERROR, tracebacks included. A hang-up is
+    no error: the arbiter's line becomes one INFO line, and the other lines,
+    the same hang-up told again, are dropped. A model that fails raises its
+    own error, not a closed socket's, and keeps its traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if not any(_closed_socket(arg) for arg in args):
+            return True
+        # Gunicorn's line for the request the arbiter was passing on: (worker pid, error).
+        if record.msg != "Error executing on worker %s: %s":
+            return False
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args = "client hung up: the request on dirty worker %s is cancelled", args[:1]
+        return True
+
+
+def _closed_socket(error: object) -> bool:
+    """True for a ConnectionError raised while gunicorn wrote a message: the other end was gone."""
+    if not isinstance(error, ConnectionError):
+        return False
+    return any(frame.name == "write_message_async" for frame in traceback.extract_tb(error.__traceback__))
+
+
 # One JSON object per log line, for log collectors; the request id and other
-# `extra` fields of a log call become keys of their own.
+# `extra` fields of a log call become keys of their own. HangUps keeps a
+# client's hang-up to one calm line here too.
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"hang_ups": {"()": HangUps}},
     "formatters": {
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
@@ -54,7 +88,9 @@ logconfig_dict = {
     "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
     "root": {"handlers": ["stdout"], "level": "WARNING"},
     "loggers": {
-        "gunicorn.error": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+        "gunicorn.error": {
+            "handlers": ["stdout"], "level": "INFO", "filters": ["hang_ups"], "propagate": False,
+        },
         "gunicorn.access": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
     },
 }

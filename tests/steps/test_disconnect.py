@@ -1,5 +1,6 @@
 """A client that hangs up must stop the generation, and leave no socket behind."""
 
+import re
 import statistics
 import time
 
@@ -82,3 +83,33 @@ def test_sockets_return_to_their_idle_count(step, start):
     while (count := socket_count(server.pids())) != idle and time.monotonic() < deadline:
         time.sleep(0.1)
     assert count == idle
+
+
+# What gunicorn_conf.HangUps leaves of a hang-up in the server's log.
+CALM_LINE = r"client hung up: the request on dirty worker \d+ is cancelled"
+
+
+@pytest.mark.paced
+def test_a_hang_up_is_one_calm_log_line(step, start):
+    server = start(**ONE_WORKER)
+    with httpx.Client(base_url=server.base_url, timeout=60, headers=AUTH) as http:
+        dropped = stream_chat(http, "explain", stop_after_tokens=3)
+        assert len(dropped.token_events) == 3
+        server.wait_for_log(CALM_LINE)
+        # The one dirty worker answers the next chat once it has dealt with
+        # the hang-up, so whatever it logs of the hang-up is in the log by then.
+        assert first_token_time(http) > 0
+    log = server.log()
+    assert len(re.findall(CALM_LINE, log)) == 1, f"a hang-up should give one calm line:\n{log}"
+    for noise in ("Traceback", "ERROR", "Broken pipe", "Connection lost"):
+        assert noise not in log, f"a hang-up should log no {noise!r}:\n{log}"
+
+
+def test_a_model_that_fails_still_logs_its_traceback(step, start_faulty):
+    server = start_faulty("raise:3", **ONE_WORKER)
+    with httpx.Client(base_url=server.base_url, timeout=60, headers=AUTH) as http:
+        result = stream_chat(http, "explain")
+    assert [error["type"] for error in result.errors] == ["model_error"], result.text
+    server.wait_for_log(r"Traceback[\s\S]*RuntimeError: injected fault: the model crashed")
+    assert "ERROR" in server.log(), "a model that fails should be logged as an error"
+    assert not re.search(CALM_LINE, server.log()), "a model that fails is not a hang-up"
