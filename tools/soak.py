@@ -31,7 +31,8 @@ from pathlib import Path
 import httpx
 
 from harness.load import COMPLETE, ProtocolViolation, Sample, Tally, classify, fire, sample
-from harness.server import AUTH, socket_count, start_server
+from harness.procs import socket_count
+from harness.server import AUTH, start_server
 from harness.sse import stream_chat
 from harness.steps import UnknownStep, find, last_core
 
