@@ -128,7 +128,7 @@ def test_a_test_run_shown_on_a_page_is_the_current_one(command):
     ran = sum(counts.values())
     assert ran == collected(step), (
         f"{command.where}: the page shows {ran} tests for step {step}, the suite has {collected(step)} now: "
-        f"run .venv/bin/python tools/docs_outputs.py --only {command.output.parent.name}/make-test"
+        f"run .venv/bin/python -m tools.docs_outputs --only {command.output.parent.name}/make-test"
     )
 
 
