@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-# Process inspection lives in harness.procs; the socket counts stay
-# importable from here for tools/soak.py and test_disconnect.py.
-from harness.procs import process_tree, settled_socket_count, socket_count  # noqa: F401
+from harness.procs import process_tree
 from harness.steps import all_steps
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -46,6 +46,16 @@ def error_text(response: httpx.Response) -> str:
     return detail if isinstance(detail, str) else " ".join(f"{e['loc']} {e['msg']}" for e in detail)
 
 
+def assert_clear_json_error(response: httpx.Response, status: int, words: str) -> str:
+    """The answer to a bad request: the status, JSON that says `words`, the input not echoed back."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json", response.text
+    text = error_text(response)
+    assert words.lower() in text.lower(), f"the error should say {words!r}: {text}"
+    assert "xxxxxxxxxx" not in response.text, "the error echoes the input back"
+    return text
+
+
 def unsized_body(kilobytes: int = 100) -> Iterator[bytes]:
     """A prompt of many kilobytes sent in chunks, with no Content-Length to refuse it by."""
     yield b'{"prompt": "'

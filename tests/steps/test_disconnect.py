@@ -7,7 +7,8 @@ import time
 import httpx
 import pytest
 
-from harness.server import AUTH, settled_socket_count, socket_count
+from harness.procs import settled_socket_count, socket_count
+from harness.server import AUTH
 from harness.sse import stream_chat
 
 pytestmark = pytest.mark.since("03")

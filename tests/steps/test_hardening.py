@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from bad_input import BAD_REQUESTS, JSON, error_text, unsized_body
+from bad_input import BAD_REQUESTS, JSON, THINKING_REQUESTS, assert_clear_json_error, error_text, unsized_body
 
 from harness import procs
 from harness.load import COMPLETE, FAILED, WatchedChat, classify
@@ -68,19 +68,26 @@ def dirty_worker_pids(server) -> set[int]:
 # --- malformed requests ------------------------------------------------------
 
 
+def refused_before_any_stream(http: httpx.Client, case: tuple) -> None:
+    """A bad request to the streaming endpoint: a clear JSON error, and no stream begun."""
+    kwargs, status, words = case
+    response = http.post("/chat", **kwargs)
+    assert_clear_json_error(response, status, words)
+    assert "data:" not in response.text
+
+
 @pytest.mark.since("03")
 @pytest.mark.parametrize("case", BAD_REQUESTS, ids=str)
 def test_bad_input_on_chat_gets_a_clear_json_error(step, http, case):
-    """The table of bad_input.py, sent to the streaming endpoint: answered before any stream."""
-    kwargs, status, words = BAD_REQUESTS[case]
-    response = http.post("/chat", **kwargs)
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    assert words.lower() in error_text(response).lower()
-    assert "data:" not in response.text
-    # The input is not echoed back.
-    assert "xxxxxxxxxx" not in response.text
+    """The table of bad_input.py, sent to the streaming endpoint."""
+    refused_before_any_stream(http, BAD_REQUESTS[case])
     assert http.get("/health").status_code == 200
+
+
+@pytest.mark.since("04")
+@pytest.mark.parametrize("case", THINKING_REQUESTS, ids=str)
+def test_a_thinking_that_is_not_a_boolean_on_chat_gets_a_clear_json_error(step, http, case):
+    refused_before_any_stream(http, THINKING_REQUESTS[case])
 
 
 @pytest.mark.since("03")

@@ -6,9 +6,8 @@ import re
 import httpx
 import pytest
 
-from harness.server import AUTH, step_modules
+from harness.server import AUTH
 from harness.sse import stream_chat
-from harness.steps import all_steps
 
 pytestmark = pytest.mark.since("03")
 
@@ -119,22 +118,16 @@ def test_model_error_mid_stream_becomes_an_error_event(step, start_faulty):
         assert http.get("/health").status_code == 200
 
 
-def test_error_events_name_their_kind():
+def test_error_events_name_their_kind(step, step_module):
     """What a client reads when a stream fails: busy, timeout or model_error.
 
     The busy kind comes from a wait in line longer than MAX_WAIT (30 s), too
-    long for a live test; the line itself is tested in test_capacity.py. One
-    test over every streaming step, so that each step's `make test` output
-    (shown on its docs page) keeps its count.
+    long for a live test; the line itself is tested in test_capacity.py.
     """
     from gunicorn.dirty import DirtyAppError, DirtyTimeoutError
 
-    streaming_steps = [s.path for s in all_steps() if s.number >= 3]
-    assert streaming_steps
-    for path in streaming_steps:
-        with step_modules(path) as load:
-            main = load("main")
-            busy = main.error_event(main.Busy("waited 30 s for a free model worker", 10))
-            assert busy == {"error": {"message": "waited 30 s for a free model worker", "type": "busy"}}
-            assert main.error_event(DirtyTimeoutError("Worker timeout", 10))["error"]["type"] == "timeout"
-            assert main.error_event(DirtyAppError("boom"))["error"]["type"] == "model_error"
+    main = step_module("main")
+    busy = main.error_event(main.Busy("waited 30 s for a free model worker", 10))
+    assert busy == {"error": {"message": "waited 30 s for a free model worker", "type": "busy"}}
+    assert main.error_event(DirtyTimeoutError("Worker timeout", 10))["error"]["type"] == "timeout"
+    assert main.error_event(DirtyAppError("boom"))["error"]["type"] == "model_error"

@@ -1,7 +1,7 @@
 """Thinking mode (step 04 on): a visible thinking phase, then the answer."""
 
 import pytest
-from bad_input import THINKING_REQUESTS, error_text
+from bad_input import THINKING_REQUESTS, assert_clear_json_error
 
 from harness.sse import stream_chat
 
@@ -58,8 +58,5 @@ def test_sync_returns_the_same_text_as_the_stream(step, client, thinking):
 @pytest.mark.parametrize("case", THINKING_REQUESTS, ids=str)
 def test_thinking_that_is_not_a_boolean_gets_a_clear_json_error(step, client, case):
     kwargs, status, words = THINKING_REQUESTS[case]
-    response = client.post("/chat/sync", **kwargs)
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    text = error_text(response)
-    assert "thinking" in text and words in text, f"the error should say thinking is a boolean: {text}"
+    text = assert_clear_json_error(client.post("/chat/sync", **kwargs), status, words)
+    assert "thinking" in text, f"the error should name the thinking field: {text}"

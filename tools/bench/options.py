@@ -31,8 +31,9 @@ ROOM = [
     ("what can you do?", False, 1),
 ]
 OUTCOMES = ("complete", "refused", "error", "cut_off", "other")
-# What gunicorn's dirty worker logs when it stops streaming because its reader went away.
-WORKER_STOPPED = "Error during streaming: Connection lost"
+# What the dirty arbiter logs, through the steps' HangUps log filter, when a
+# client's hang-up reached it and it cancelled that request on its dirty worker.
+WORKER_STOPPED = "client hung up: the request on dirty worker"
 
 # The targets for the final step as shipped: (key, figure, limit, unit).
 TARGETS = [

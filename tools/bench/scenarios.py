@@ -200,7 +200,7 @@ async def sockets_after_drops(server: LiveServer, workers: int, opts: Options) -
     deadline = waited_from + 5.0
     while (count := socket_count(server.pids())) != idle and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
-    # The dirty worker logs this when the arbiter drops its reader: a hang-up reached it.
+    # One line per hang-up that reached the dirty arbiter (see WORKER_STOPPED).
     stopped = server.log()[log_start:].count(WORKER_STOPPED)
     return {
         "requests": opts.socket_requests,
