@@ -440,6 +440,10 @@ def test_the_watchdog_restarts_for_each_token_and_always_stops(step, step_module
 
 # --- clients hang up, again and again ----------------------------------------
 
+# Hang-ups that show the model stops, at a real model's pace.
+TIMED_DROPS = 30
+# Hang-ups that would show a leak, at any pace: a few kilobytes kept per
+# dropped stream add up over this many.
 DROPS = 200
 WARM_UP_DROPS = 20
 # Growth of the memory only the server's processes hold (USS) allowed over
@@ -451,52 +455,70 @@ WARM_UP_DROPS = 20
 MAX_GROWTH = 0.10
 
 
+def drop_chats(http: httpx.Client, count: int) -> tuple[list[float], int]:
+    """Hang up `count` chats after their first token, one after the other.
+
+    Returns the first-token times of those that went straight to the dirty
+    worker, and how many waited in line instead: those arrived before the
+    previous hang-up had given its place back, so their first token says
+    nothing of the model (the line is tested in test_capacity.py).
+    """
+    straight, queued = [], 0
+    for _ in range(count):
+        drop = stream_chat(http, "explain", stop_after_tokens=1)
+        assert drop.status == 200 and len(drop.token_events) == 1, drop.body[-300:]
+        if any("waiting" in payload for payload in drop.payloads):
+            queued += 1
+        else:
+            straight.append(drop.first_token_at)
+    return straight, queued
+
+
+def dropping_client(server) -> httpx.Client:
+    # Every chat on a connection of its own, closed with it, as separate clients come and go.
+    headers = {**AUTH, "Connection": "close"}
+    return httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=headers)
+
+
 @pytest.mark.paced
 @pytest.mark.since("03")
-def test_hang_ups_stop_the_model_and_leave_nothing_behind(step, start, step_module):
+def test_hang_ups_stop_the_model(step, start, step_module):
     chat_app = step_module("chat_app")
     server = start(**ONE_WORKER)
     # Finishing a dropped answer, even at the fastest pace, would take this long.
     remaining = (len(chat_app.split_tokens(chat_app.EXPLAIN)) - 1) * chat_app.WORD_DELAY[0]
-    headers = {"Connection": "close"}
-    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers={**AUTH, **headers}) as http:
-        for _ in range(WARM_UP_DROPS):
-            stream_chat(http, "explain", stop_after_tokens=1)
-        # A whole answer leaves the arbiter's connection to the worker open, as at the end.
-        assert classify(stream_chat(http, "hello")) == COMPLETE
-        idle_sockets = procs.settled_socket_count(server.pids)
-        before_uss, before_memory = procs.memory_kib(server.pids(), "uss"), procs.memory_kib(server.pids())
-
-        straight, queued = [], 0
-        for _ in range(DROPS):
-            drop = stream_chat(http, "explain", stop_after_tokens=1)
-            assert drop.status == 200 and len(drop.token_events) == 1, drop.body[-300:]
-            if any("waiting" in payload for payload in drop.payloads):
-                # It arrived before the previous hang-up had given its place
-                # back, and waited in line: its first token says nothing of
-                # the model (the line is tested in test_capacity.py).
-                queued += 1
-            else:
-                straight.append(drop.first_token_at)
+    with dropping_client(server) as http:
+        straight, _queued = drop_chats(http, TIMED_DROPS)
         assert classify(stream_chat(http, "hello")) == COMPLETE
 
     # Each hang-up stopped the model: the next chat, sent straight to the one
     # dirty worker, got its first token before the dropped answer could have ended.
-    assert len(straight) >= DROPS // 2, f"only {len(straight)} of {DROPS} chats went straight through"
+    assert len(straight) >= TIMED_DROPS // 2, f"only {len(straight)} of {TIMED_DROPS} went straight through"
     late = [round(seconds, 2) for seconds in straight if seconds >= remaining]
     median = statistics.median(straight)
     assert not late, f"first tokens after {remaining:.1f} s: {late} (median {median:.2f} s)"
+
+
+@pytest.mark.since("03")
+def test_hang_ups_leave_nothing_behind(step, start):
+    server = start(**ONE_WORKER)
+    with dropping_client(server) as http:
+        drop_chats(http, WARM_UP_DROPS)
+        # A whole answer leaves the arbiter's connection to the worker open, as at the end.
+        assert classify(stream_chat(http, "hello")) == COMPLETE
+        idle_sockets = procs.settled_socket_count(server.pids)
+        before_uss, before_memory = procs.memory_kib(server.pids(), "uss"), procs.memory_kib(server.pids())
+        drop_chats(http, DROPS)
+        assert classify(stream_chat(http, "hello")) == COMPLETE
 
     settled = poll(lambda: procs.socket_count(server.pids()) == idle_sockets, timeout=10)
     assert settled, (procs.socket_count(server.pids()), idle_sockets)
     after_uss, after_memory = procs.memory_kib(server.pids(), "uss"), procs.memory_kib(server.pids())
     growth = (after_uss - before_uss) / before_uss
     assert growth < MAX_GROWTH, (
-        f"USS {before_uss} -> {after_uss} KiB ({growth:+.1%}); "
-        f"{procs.MEMORY_KIND.upper()} {before_memory} -> {after_memory} KiB"
+        f"USS {before_uss} -> {after_uss} KiB ({growth:+.1%}); {procs.MEMORY_KIND.upper()} "
+        f"{before_memory} -> {after_memory} KiB"
     )
-
-
 
 
 def hang_up_closes_the_dirty_client(step_module, monkeypatch, backpressure: bool) -> bool:
