@@ -30,7 +30,7 @@ def main(args: list[str]) -> int:
     if tests == 5:
         print("No test ran: is the step name right?", file=sys.stderr)
     if not step and not tests:
-        # Each of these runs make check, eight tests at once: one at a time, and
+        # Each of these runs make check, several tests at once: one at a time, and
         # alone, so that its tests have the machine a learner's would have.
         tests = run(PY, "-m", "coverage", "run", "-m", "pytest", "-m", "learner_loop", *args, "-n", "0")
     run(PY, "-m", "coverage", "combine", "--quiet")
