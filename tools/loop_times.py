@@ -61,11 +61,16 @@ def measure(number: str, tests: bool) -> dict:
     return row
 
 
+COLUMNS = {"check": "`make check STEP=NN DIR=workspace`", "test": "`make test STEP=NN`"}
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| step | `make check STEP=NN DIR=workspace` | `make test STEP=NN` |", "|---|---|---|"]
+    """A row per step, a column per command that was timed (a failed one says so)."""
+    keys = [key for key in COLUMNS if any(key in row or f"{key}_failed" in row for row in rows)]
+    lines = ["| step | " + " | ".join(COLUMNS[key] for key in keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for row in rows:
-        cells = [f"{row[key]:.0f} s" if key in row else "not measured" for key in ("check", "test")]
-        lines.append(f"| {row['step']} | {cells[0]} | {cells[1]} |")
+        cells = [f"{row[key]:.0f} s" if key in row else "failed" for key in keys]
+        lines.append(f"| {row['step']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
