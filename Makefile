@@ -40,7 +40,7 @@ check: $(READY) ## run a step's tests against your folder: make check STEP=02 DI
 
 workspace: ## copy a step into workspace/ to edit: make workspace STEP=01
 	@test -n "$(STEP)" || { echo "usage: make workspace STEP=01"; exit 2; }
-	@test ! -e workspace || { echo "workspace/ exists already: remove it first (rm -r workspace)"; exit 2; }
+	@test ! -e workspace || { echo "workspace/ exists already, maybe your copy of an earlier step: keep it under another name first (mv workspace workspace-old)"; exit 2; }
 	@src=$$($(PYTHON) -m tools.step_path $(STEP)) && cp -R "$$src" workspace && \
 		rm -rf workspace/__pycache__ && echo "Copied $$src to workspace/. Test it with: make check STEP=$(STEP) DIR=workspace"
 
@@ -61,12 +61,13 @@ clean: ## remove the environment and test outputs
 
 # --- the tutorial site and the workshop kit ---
 .PHONY: docs docs-outputs doctor wheelhouse offline-venv
-# make docs takes 8001, beside make run's 8000, unless given PORT= itself.
-DOCS_PORT ?= $(if $(filter command line,$(origin PORT)),$(PORT),8001)
+# make docs takes 8010, away from make run's 8000 and the 8001-8002 the pages use for a
+# second server, unless given PORT= itself.
+DOCS_PORT ?= $(if $(filter command line,$(origin PORT)),$(PORT),8010)
 REQUIREMENTS ?= requirements.txt
 WHEELHOUSE ?= wheelhouse
 
-docs: $(READY) ## serve the tutorial site with live reload on http://127.0.0.1:8001 (or PORT=8002)
+docs: $(READY) ## serve the tutorial site with live reload on http://127.0.0.1:8010 (or PORT=8011)
 	$(BIN)/python -m mkdocs serve -a 127.0.0.1:$(DOCS_PORT)
 
 docs-outputs: $(READY) ## run the pages' commands and write the outputs they show (docs/generated/outputs)

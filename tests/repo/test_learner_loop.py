@@ -95,9 +95,9 @@ def test_the_pages_give_only_the_check_these_tests_run():
     assert not odd, odd
 
 
-def test_make_docs_takes_8001_or_the_port_it_is_given():
+def test_make_docs_takes_8010_or_the_port_it_is_given():
     root = Path(__file__).resolve().parents[2]
     _, default = learner("make -n docs", root)
     _, given = learner("make -n docs PORT=8002", root)
-    assert "mkdocs serve -a 127.0.0.1:8001" in default, default
+    assert "mkdocs serve -a 127.0.0.1:8010" in default, default
     assert "mkdocs serve -a 127.0.0.1:8002" in given, given
