@@ -62,7 +62,17 @@ def metric(text: str, name: str, labels: str = "") -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def test_metrics_count_requests_streams_and_tokens(step, server, client):
+@pytest.fixture
+def quiet_client(start):
+    """A client of a server of its own: a shared server may still be ending
+    another test's stream, whose duration would land between two readings."""
+    server = start(env={"DIRTY_WORKERS": "1"}, dirty_workers=1)
+    with httpx.Client(base_url=server.base_url, timeout=60, headers=AUTH) as http:
+        yield http
+
+
+def test_metrics_count_requests_streams_and_tokens(step, quiet_client):
+    client = quiet_client
     before = client.get("/metrics").text
     result = stream_chat(client, "hello")
     assert client.post("/chat/sync", json={"prompt": "   "}).status_code == 422
