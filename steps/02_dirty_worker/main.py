@@ -1,6 +1,7 @@
 """A chat endpoint whose HTTP worker asks a dirty worker for the answer."""
 
 import asyncio
+import os
 
 from chat_request import MAX_BODY_BYTES, ChatRequest, check_input, require_json
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -20,7 +21,9 @@ ANSWER_TIMEOUT = 30.0
 LOADING_RETRY_AFTER = 5
 STASH_TIMEOUT = 2.0
 # How long a chat waits for a dirty worker that loads, and how often it looks.
-LOAD_WAIT = 30.0
+# CHAT_LOAD_WAIT sets the wait in seconds: a real model's should be longer
+# than its slowest load.
+LOAD_WAIT = float(os.environ.get("CHAT_LOAD_WAIT", "30"))
 LOOK_EVERY = 0.5
 
 

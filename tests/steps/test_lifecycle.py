@@ -159,6 +159,9 @@ def third_chat_waits(server) -> tuple[bool, list[ChatStream]]:
     return waited, [chat.finish() for chat in [*running, third]]
 
 
+# Answers of about a second are long enough for a third chat to find both
+# workers busy.
+@pytest.mark.paced(0.3)
 @pytest.mark.since("03")
 def test_the_line_follows_the_flag_and_ttin_and_ttou(step, start):
     # No DIRTY_WORKERS: the step's own default (32 in step 05) is overridden by the flag.
@@ -217,10 +220,13 @@ def test_ready_says_503_when_the_dirty_arbiter_does_not_answer(step, start):
 
 @pytest.mark.only("02")
 def test_a_chat_that_waits_too_long_for_the_model_gets_a_clear_503(step, start):
-    """A model that loads for longer than main.LOAD_WAIT (30 s): the held chat is refused."""
-    server = start(env={"CHAT_LOAD_SECONDS": "120"}, args=("--dirty-workers", "1"), ready=False)
+    """A model that loads for longer than main.LOAD_WAIT (set by CHAT_LOAD_WAIT): the held chat is refused."""
+    slow = {"CHAT_LOAD_SECONDS": "3", "CHAT_LOAD_WAIT": "1"}
+    server = start(env=slow, args=("--dirty-workers", "1"), ready=False)
     with httpx.Client(base_url=server.base_url, timeout=GUARD, headers=AUTH) as client:
         answer = client.post("/chat/sync", json={"prompt": "hello"})
     assert answer.status_code == 503, answer.text
     assert answer.json() == {"detail": "the model is still loading: 0 of 1 dirty workers are ready"}
     assert int(answer.headers["Retry-After"]) > 0
+    # Stopped while its model loads, a server would take its whole graceful_timeout.
+    wait_until_ready(server, loaded=1, workers=1)
