@@ -23,7 +23,8 @@ FAULT_CONF = ROOT / "tests" / "steps" / "fault_conf.py"
 # get a limit they never reach (the rate-limit test sets its own).
 TEST_ENV = {"CHAT_RATE_LIMIT": "100000/minute"}
 # The model answers ten times faster than a real one (CHAT_PACE), except for
-# the tests marked `paced`, whose assertions are about the pace itself.
+# the tests marked `paced`, whose assertions are about the pace itself:
+# `paced(0.5)` for one that needs answers that last, not a real model's pace.
 FAST_PACE = 0.1
 # How much of a server's log a failure shows: its last lines, requests left out.
 LOG_TAIL_LINES = 20
@@ -43,6 +44,10 @@ EXPLAINED_IN = {
     "test_ui": "docs/steps/05-browser-ui.md",
     "test_browser": "docs/steps/05-browser-ui.md",
     "test_hardening": "docs/going-further/troubleshooting.md",
+    "test_production": "docs/steps/06-production.md",
+    "test_browser_auth": "docs/steps/06-production.md",
+    "test_proxy": "docs/steps/06-production.md",
+    "test_deploy": "docs/steps/06-production.md",
 }
 
 
@@ -102,8 +107,9 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "not_for_these_steps: internal, deselected")
-    config.addinivalue_line("markers", "paced: its servers' model keeps a real model's pace")
-    config.addinivalue_line("markers", "learner_loop: runs make check; make test runs these last, alone")
+    config.addinivalue_line("markers", "paced(pace=1): its servers' model keeps a real model's pace, or this one")
+    config.addinivalue_line("markers", "learner_loop: runs make check; make test runs these last")
+    config.addinivalue_line("markers", "alone: a learner_loop test that make test runs by itself")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -163,6 +169,9 @@ class ServerPool:
         return server
 
     def stop_all(self) -> None:
+        # All of them asked first, then waited for: they stop side by side.
+        for server in self.owned:
+            server.terminate()
         for server in self.owned:
             server.stop()
 
@@ -176,7 +185,10 @@ def servers(tmp_path_factory):
 
 def pace(request) -> float:
     """The CHAT_PACE of the test's servers: see FAST_PACE."""
-    return 1 if request.node.get_closest_marker("paced") else FAST_PACE
+    marker = request.node.get_closest_marker("paced")
+    if marker is None:
+        return FAST_PACE
+    return marker.args[0] if marker.args else 1
 
 
 def used_by(request, live: LiveServer) -> LiveServer:

@@ -278,7 +278,7 @@ def test_a_full_server_puts_the_page_in_line(step, start, page):
 @pytest.mark.paced
 def test_a_chat_sent_while_the_model_loads_says_so(step, start, page):
     # A load slow enough to click before it ends, as a real model's would be.
-    server = start(env={"DIRTY_WORKERS": "1", "CHAT_LOAD_SECONDS": "15"}, ready=False)
+    server = start(env={"DIRTY_WORKERS": "1", "CHAT_LOAD_SECONDS": "8"}, ready=False)
     with httpx.Client(base_url=server.base_url, timeout=10, headers=AUTH) as http:
         assert http.get("/ready").status_code == 503, "the model was loaded already: this test proves nothing"
     page.goto(server.base_url)

@@ -362,7 +362,9 @@ def test_a_silent_model_is_replaced_after_a_sync_chat(step, stalling, step_modul
     assert after.json()["response"] == chat_app.EXPLAIN
 
 
-@pytest.mark.paced
+# Half a real model's pace: the longest gap between words stays far below the
+# watchdog's limit, and an answer still lasts longer than it.
+@pytest.mark.paced(0.5)
 @pytest.mark.since("02")
 def test_the_watchdog_spares_a_working_model(step, start, step_module):
     chat_app = step_module("chat_app")
