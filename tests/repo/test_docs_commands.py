@@ -10,6 +10,8 @@ generated file, fails the suite with the page, the line and what to do.
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 import subprocess
 import sys
@@ -98,17 +100,37 @@ def test_the_pages_other_commands_work(page, tmp_path, started_servers):
 SUITE_SUMMARY = re.compile(r"=+ (.*\d+ (?:passed|failed|skipped|error).*) in [\d.]+s")
 
 
-def collected(step: str) -> int:
-    """How many tests `make test STEP=NN` runs now, on the committed test files."""
+# Collects the suite once and counts the tests of each step, as `--step` would select them.
+COUNT_BY_STEP = """
+import collections, json, sys, pytest
+
+class Count:
+    steps = collections.Counter()
+
+    def pytest_collection_finish(self, session):
+        for item in session.items:
+            step = item.callspec.params.get("step") if hasattr(item, "callspec") else None
+            if step is not None:
+                self.steps[step.code] += 1
+
+code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", *sys.argv[1:]], plugins=[Count()])
+print(json.dumps(Count.steps) if code == 0 else "{}")
+"""
+
+
+@functools.cache
+def collected_by_step() -> dict[str, int]:
+    """How many tests `make test STEP=NN` runs now for each step, on the committed test files."""
     tracked = repository_files(ROOT, tracked_only=True)
     files = [name for name in tracked if re.match(r"tests/(steps|repo)/test_\w+\.py$", name)]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-         "--step", step, *files],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", COUNT_BY_STEP, *files], cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
-    line = next(line for line in result.stdout.splitlines()[::-1] if "collected" in line)
-    return int(re.match(r"(\d+)", line).group(1))
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def collected(step: str) -> int:
+    return collected_by_step().get(step, 0)
 
 
 SUITE_OUTPUTS = [c for page in PAGES for c in page.commands if c.kind == "dry-run" and c.output is not None]
