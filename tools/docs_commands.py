@@ -245,8 +245,11 @@ MAKE_VARIABLES = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "STEP", "
 
 
 def reader_env(**extra: str) -> dict[str, str]:
-    """The environment of a reader's shell: ours without make's own variables, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if k not in MAKE_VARIABLES}
+    """The environment of a reader's shell: ours without make's own variables, plus `extra`.
+
+    Nor coverage's: a reader runs nothing under it, and it slows every process down.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in MAKE_VARIABLES and not k.startswith("COVERAGE_")}
     return {**env, **extra}
 
 
