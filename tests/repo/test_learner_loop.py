@@ -36,6 +36,13 @@ BREAKS = {
              ("health answers during a chat", "the model blocks the HTTP worker")),
     3: Break("main.py", 'ServerSentEvent(raw_data="[DONE]")', 'ServerSentEvent(raw_data="[END]")',
              ("is not JSON", "explained in docs/steps/03-sse-streaming.md")),
+    4: Break("main.py", "            yield event\n", '            yield {"token": event["token"]}\n',
+             ("thinking comes first then the answer", "explained in docs/steps/04-thinking-mode.md")),
+    5: Break("static/app.js", 'if (event.data === "[DONE]") {', 'if (event.data === "[END]") {',
+             ("a suggestion streams its answer", "explained in docs/steps/05-browser-ui.md")),
+    6: Break("main.py", "PROTECTED = [Depends(rate_limit), Depends(require_json)]",
+             "PROTECTED = [Depends(require_json)]",
+             ("chat endpoints need a key", "explained in docs/steps/06-production.md")),
 }
 
 
@@ -60,6 +67,7 @@ def workspace(number: str, sandbox: Path) -> Path:
 
 
 @pytest.mark.learner_loop
+@pytest.mark.alone
 @pytest.mark.parametrize("number", STEPS)
 def test_make_check_passes_on_an_unchanged_copy(number, sandbox):
     workspace(number, sandbox)
@@ -101,3 +109,13 @@ def test_make_docs_takes_8010_or_the_port_it_is_given():
     _, given = learner("make -n docs PORT=8002", root)
     assert "mkdocs serve -a 127.0.0.1:8010" in default, default
     assert "mkdocs serve -a 127.0.0.1:8002" in given, given
+
+
+def test_every_module_of_step_tests_names_the_page_that_explains_it(request):
+    # "What broke, in plain words" sends a learner to that page.
+    conftest = next(p for p in request.config.pluginmanager.get_plugins() if hasattr(p, "EXPLAINED_IN"))
+    root = Path(__file__).resolve().parents[2]
+    modules = {path.stem for path in (root / "tests" / "steps").glob("test_*.py")}
+    assert modules - set(conftest.EXPLAINED_IN) == set(), "step test modules no page is named for"
+    missing = [page for page in conftest.EXPLAINED_IN.values() if not (root / page).is_file()]
+    assert not missing, missing
