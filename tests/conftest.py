@@ -107,7 +107,7 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "not_for_these_steps: internal, deselected")
-    config.addinivalue_line("markers", "paced(pace=1): its servers' model keeps a real model's pace, or this one")
+    config.addinivalue_line("markers", "paced(pace=1): its servers' model keeps a real model's pace, or this")
     config.addinivalue_line("markers", "learner_loop: runs make check; make test runs these last")
     config.addinivalue_line("markers", "alone: a learner_loop test that make test runs by itself")
 

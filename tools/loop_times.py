@@ -5,8 +5,9 @@ runs what a learner runs, `make workspace STEP=NN` and then
 `make check STEP=NN DIR=workspace`, and, with `--tests`, the step's
 `make test STEP=NN`; each is timed as a whole, like a learner waiting at
 the terminal. It writes docs/generated/loop/times.json and times.md, a
-table of the figures. A command that fails is reported, and its time is
-not written.
+table of the figures. A command that fails is reported with what it said,
+and its time is not written. With `--steps`, the other steps keep the
+figures measured before on a machine like this one.
 
     python -m tools.loop_times [--tests] [--steps 01,03]
 """
@@ -58,7 +59,15 @@ def measure(number: str, tests: bool) -> dict:
                 row[f"{key}_result"] = last_line(output)
             else:
                 row[f"{key}_failed"] = last_line(output)
+                print(failure_report(output), flush=True)
     return row
+
+
+def failure_report(output: str, lines: int = 40) -> str:
+    """What a failed command said: pytest's failed tests and plain-words section, or its last lines."""
+    text = output.splitlines()
+    start = next((i for i, line in enumerate(text) if "short test summary info" in line), len(text) - lines)
+    return "\n".join(text[max(0, start):])
 
 
 COLUMNS = {"check": "`make check STEP=NN DIR=workspace`", "test": "`make test STEP=NN`"}
@@ -74,18 +83,34 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def machine_name() -> str:
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores"
+
+
+def earlier_rows(machine: str) -> list[dict]:
+    """The rows of the last times.json, if it was measured on a machine like this one."""
+    try:
+        earlier = json.loads((OUT / "times.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return earlier.get("steps", []) if earlier.get("machine") == machine else []
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tests", action="store_true", help="time make test STEP=NN as well")
     parser.add_argument("--steps", help="comma-separated step numbers (default: every step)")
     args = parser.parse_args(argv)
     numbers = args.steps.split(",") if args.steps else [step.code for step in all_steps()]
-    rows = [measure(number, args.tests) for number in numbers]
+    machine = machine_name()
+    measured = {row["step"]: row for row in (measure(number, args.tests) for number in numbers)}
+    # With --steps, the other steps keep the figures this machine measured before.
+    rows = [row for row in earlier_rows(machine) if row["step"] not in measured] + list(measured.values())
+    rows.sort(key=lambda row: row["step"])
     OUT.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores"
     (OUT / "times.json").write_text(json.dumps({"machine": machine, "steps": rows}, indent=2) + "\n")
     (OUT / "times.md").write_text(table(rows) + f"\nMeasured by `make loop-times` on {machine}.\n")
-    print(f"wrote {(OUT / 'times.md').relative_to(ROOT)}")
+    print(f"wrote {OUT / 'times.md'}")
     return 1 if any(key.endswith("_failed") for row in rows for key in row) else 0
 
 
