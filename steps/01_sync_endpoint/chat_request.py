@@ -7,10 +7,12 @@ ChatRequest (400 if it cannot even be parsed), each saying what was wrong.
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 MAX_PROMPT_CHARS = 4000
 MAX_BODY_BYTES = 64 * 1024
@@ -30,31 +32,40 @@ class ChatRequest(BaseModel):
         return prompt
 
 
+def body_too_large() -> JSONResponse:
+    # The unread body is still on its way: close the connection after
+    # answering, and say so, so that the client does not reuse it.
+    return JSONResponse(
+        {"detail": f"request body is larger than {MAX_BODY_BYTES} bytes"},
+        status_code=413,
+        headers={"Connection": "close"},
+    )
+
+
 class LimitBodySize:
     """Refuse a body that announces itself as too large, before reading it.
 
     The routes' own ``max_body_size`` still guards bodies sent without a
-    Content-Length; this middleware makes the usual case answer in JSON.
+    Content-Length; `http_error` gives those the same answer.
     """
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app):
         self.app = app
-        self.max_bytes = max_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             length = Headers(scope=scope).get("content-length")
-            if length is not None and int(length) > self.max_bytes:
-                # The unread body is still on its way: close the connection
-                # after answering, and say so, so the client does not reuse it.
-                response = JSONResponse(
-                    {"detail": f"request body is larger than {self.max_bytes} bytes"},
-                    status_code=413,
-                    headers={"Connection": "close"},
-                )
-                await response(scope, receive, send)
+            if length is not None and int(length) > MAX_BODY_BYTES:
+                await body_too_large()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+async def http_error(request: Request, exc: StarletteHTTPException):
+    # max_body_size raises a bare 413 once it has read too much of a body.
+    if exc.status_code == 413:
+        return body_too_large()
+    return await http_exception_handler(request, exc)
 
 
 async def validation_error(request: Request, exc: RequestValidationError):
@@ -65,8 +76,9 @@ async def validation_error(request: Request, exc: RequestValidationError):
 
 def check_input(app: FastAPI) -> None:
     """Make the app answer a body too large, or one that fails validation, in JSON."""
-    app.add_middleware(LimitBodySize, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(LimitBodySize)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
 
 
 async def require_json(request: Request) -> None:

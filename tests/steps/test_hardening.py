@@ -93,7 +93,8 @@ def test_a_thinking_that_is_not_a_boolean_on_chat_gets_a_clear_json_error(step, 
 @pytest.mark.since("03")
 def test_chat_body_without_length_is_limited_too(step, http):
     response = http.post("/chat", content=unsized_body(), headers=JSON)
-    assert response.status_code == 413
+    assert_clear_json_error(response, 413, "larger than")
+    assert response.headers.get("connection") == "close", response.headers
     assert http.get("/health").status_code == 200
 
 
