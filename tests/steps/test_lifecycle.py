@@ -221,8 +221,9 @@ def test_ready_says_503_when_the_dirty_arbiter_does_not_answer(step, start):
 @pytest.mark.only("02")
 def test_a_chat_that_waits_too_long_for_the_model_gets_a_clear_503(step, start):
     """A model that loads for longer than main.LOAD_WAIT (set by CHAT_LOAD_WAIT): the held chat is refused."""
-    slow = {"CHAT_LOAD_SECONDS": "3", "CHAT_LOAD_WAIT": "1"}
-    server = start(env=slow, args=("--dirty-workers", "1"), ready=False)
+    # A load of seconds more than the wait, however slowly the server starts.
+    server = start(env={**SLOW_LOAD, "CHAT_LOAD_WAIT": "1"}, args=("--dirty-workers", "1"), ready=False)
+    assert ready(server).status_code == 503, "the model was loaded already: this test proves nothing"
     with httpx.Client(base_url=server.base_url, timeout=GUARD, headers=AUTH) as client:
         answer = client.post("/chat/sync", json={"prompt": "hello"})
     assert answer.status_code == 503, answer.text
