@@ -48,6 +48,11 @@ def test_one_step_measured_again_keeps_the_others(tmp_path, monkeypatch):
     steps = json.loads((tmp_path / "times.json").read_text())["steps"]
     assert steps == [{"step": "01", "check": 14.0}, {"step": "02", "check": 50.0},
                      {"step": "03", "check": 70.0}]
+    # A failure kept from before, of a step not measured again, is not this run's.
+    earlier = [{"step": "01", "check_failed": "1 failed"}, {"step": "02", "check": 41.0}]
+    (tmp_path / "times.json").write_text(json.dumps({"machine": machine, "steps": earlier}))
+    assert loop_times.main(["--steps", "02"]) == 0
+    assert "| 01 | failed |" in (tmp_path / "times.md").read_text()
     # Figures of another machine are not mixed in.
     (tmp_path / "times.json").write_text(json.dumps({"machine": "elsewhere", "steps": earlier}))
     loop_times.main(["--steps", "02"])
