@@ -105,7 +105,8 @@ COUNT_BY_STEP = """
 import collections, json, sys, pytest
 
 class Count:
-    steps = collections.Counter()
+    def __init__(self):
+        self.steps = collections.Counter()
 
     def pytest_collection_finish(self, session):
         for item in session.items:
@@ -113,8 +114,11 @@ class Count:
             if step is not None:
                 self.steps[step.code] += 1
 
-code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", *sys.argv[1:]], plugins=[Count()])
-print(json.dumps(Count.steps) if code == 0 else "{}")
+count = Count()
+code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", *sys.argv[1:]], plugins=[count])
+if code == 0:
+    print(json.dumps(count.steps))
+sys.exit(code)
 """
 
 
@@ -126,6 +130,8 @@ def collected_by_step() -> dict[str, int]:
     result = subprocess.run(
         [sys.executable, "-c", COUNT_BY_STEP, *files], cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
+    said = result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, f"the suite does not collect:\n{said}"
     return json.loads(result.stdout.splitlines()[-1])
 
 
