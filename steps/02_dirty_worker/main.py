@@ -6,7 +6,7 @@ import os
 from chat_request import MAX_BODY_BYTES, ChatRequest, check_input, require_json
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from gunicorn.dirty import DirtyClient, DirtyError, DirtyTimeoutError
+from gunicorn.dirty import DirtyAppError, DirtyClient, DirtyError, DirtyTimeoutError
 from gunicorn.dirty.client import get_dirty_socket_path
 from gunicorn.dirty.stash import StashClient
 from gunicorn_conf import Tables
@@ -36,12 +36,28 @@ app = FastAPI(title="Dirty chat")
 check_input(app)
 
 
+def took_too_long(exc: DirtyError) -> bool:
+    """Whether dirty_timeout ran out, by the arbiter's clock or the dirty worker's.
+
+    Both time an answer; when the worker's clock is first, its DirtyTimeoutError
+    arrives wrapped in a DirtyAppError, as the last line of the worker's traceback.
+    """
+    if isinstance(exc, DirtyTimeoutError):
+        return True
+    if not isinstance(exc, DirtyAppError) or not exc.traceback:
+        return False
+    raised = exc.traceback.strip().splitlines()[-1]
+    return raised.startswith(f"{DirtyTimeoutError.__module__}.{DirtyTimeoutError.__name__}:")
+
+
 @app.exception_handler(DirtyError)
 async def dirty_error(request: Request, exc: DirtyError):
     # A failure on the dirty side is the model being unavailable, not a bug here.
-    if isinstance(exc, DirtyTimeoutError):
-        return JSONResponse({"detail": f"the model took too long: {exc}"}, status_code=504)
-    return JSONResponse({"detail": f"the model is unavailable: {exc}"}, status_code=503)
+    # The client gets its message; its details (the worker's traceback among
+    # them) stay in the server's log.
+    if took_too_long(exc):
+        return JSONResponse({"detail": f"the model took too long: {exc.message}"}, status_code=504)
+    return JSONResponse({"detail": f"the model is unavailable: {exc.message}"}, status_code=503)
 
 
 async def model_loaded() -> None:

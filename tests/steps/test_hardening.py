@@ -11,6 +11,7 @@ gunicorn lifts it.
 import asyncio
 import gc
 import json
+import logging
 import os
 import re
 import signal
@@ -18,12 +19,17 @@ import socket
 import statistics
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from bad_input import BAD_REQUESTS, JSON, THINKING_REQUESTS, assert_clear_json_error, error_text, unsized_body
+from gunicorn.config import Config
+from gunicorn.dirty import DirtyAppError, DirtyError
+from gunicorn.dirty.protocol import DirtyProtocol
+from gunicorn.dirty.worker import DirtyWorker
 
 from harness import procs
 from harness.load import COMPLETE, FAILED, WatchedChat, classify
@@ -270,6 +276,50 @@ def test_a_silent_model_times_out_a_sync_chat(step, start_faulty):
         # Told after dirty_timeout, not after the stall.
         assert waited < STALL_SECONDS / 3, waited
         assert http.get("/health").status_code == 200
+
+
+
+@pytest.mark.only("02")
+def test_a_sync_chat_the_dirty_worker_times_out_is_a_504_too(step, step_module, tmp_path):
+    """The arbiter and the dirty worker both time an answer by dirty_timeout.
+
+    The arbiter's clock starts first and nearly always wins. A busy machine can
+    hold the arbiter up, though, and then the worker's own timeout is the answer
+    (seen in CI): it reaches main.py as a DirtyAppError. The worker here is
+    gunicorn's own, and its answer is read off a socket as the arbiter reads it.
+    """
+    main = step_module("main")
+    cfg = Config()
+    cfg.set("dirty_timeout", 1)
+    log = logging.getLogger(__name__)
+    worker = DirtyWorker(1, os.getpid(), [main.CHAT_APP], cfg, log, str(tmp_path / "worker.sock"))
+    silence = threading.Event()
+    worker.apps = {main.CHAT_APP: lambda action, *args: silence.wait(READ_TIMEOUT)}
+    worker._executor = ThreadPoolExecutor(1)
+    request = {"type": DirtyProtocol.MSG_TYPE_REQUEST, "id": "1", "app_path": main.CHAT_APP,
+               "action": "generate", "args": ["explain"], "kwargs": {}}
+
+    async def ask() -> dict:
+        arbiter_end, worker_end = socket.socketpair()
+        streams = [await asyncio.open_connection(sock=end) for end in (arbiter_end, worker_end)]
+        await worker.handle_request(request, streams[1][1])
+        answer = await DirtyProtocol.read_message_async(streams[0][0])
+        for _, writer in streams:
+            writer.close()
+        return answer
+
+    try:
+        answer = asyncio.run(ask())
+    finally:
+        silence.set()
+        worker._executor.shutdown()
+    error = DirtyError.from_dict(answer["error"])
+    assert type(error) is DirtyAppError, "the worker no longer wraps its timeout: simplify took_too_long"
+    response = asyncio.run(main.dirty_error(None, error))
+    assert response.status_code == 504, response.body
+    detail = json.loads(response.body)["detail"]
+    assert "took too long" in detail
+    assert "Traceback" not in detail, "the worker's traceback belongs in the log"
 
 
 # --- a model stuck mid-answer is replaced by its watchdog -------------------
