@@ -102,9 +102,11 @@ capacity = Capacity(dirty_workers, WAITING_PER_WORKER * dirty_workers, RETRY_AFT
 @app.exception_handler(DirtyError)
 async def dirty_error(request: Request, exc: DirtyError):
     # A failure on the dirty side is the model being unavailable, not a bug here.
+    # The client gets its message; its details (the worker's traceback among
+    # them) stay in the server's log.
     if isinstance(exc, DirtyTimeoutError):
-        return JSONResponse({"detail": f"the model took too long: {exc}"}, status_code=504)
-    return JSONResponse({"detail": f"the model is unavailable: {exc}"}, status_code=503)
+        return JSONResponse({"detail": f"the model took too long: {exc.message}"}, status_code=504)
+    return JSONResponse({"detail": f"the model is unavailable: {exc.message}"}, status_code=503)
 
 
 @app.exception_handler(Busy)
@@ -213,7 +215,9 @@ def error_event(exc: Exception) -> dict:
         kind = "timeout"
     else:
         kind = "model_error"
-    return {"error": {"message": str(exc), "type": kind}}
+    # As in dirty_error: the message, not the details.
+    message = exc.message if isinstance(exc, DirtyError) else str(exc)
+    return {"error": {"message": message, "type": kind}}
 
 
 async def model_events(

@@ -110,11 +110,14 @@ def test_model_error_mid_stream_becomes_an_error_event(step, start_faulty):
         assert "error" in result.payloads[-1]
         assert result.errors[0]["type"] == "model_error"
         assert "injected fault" in result.errors[0]["message"]
+        assert "Traceback" not in result.errors[0]["message"], "the worker's traceback belongs in the log"
         assert result.ended_with_done
         # The sync endpoint answers the same failure with a clear 503.
         response = http.post("/chat/sync", json={"prompt": "explain"})
         assert response.status_code == 503
         assert "model" in response.json()["detail"]
+        assert "injected fault" in response.json()["detail"]
+        assert "Traceback" not in response.json()["detail"], "the worker's traceback belongs in the log"
         assert http.get("/health").status_code == 200
 
 
