@@ -691,11 +691,11 @@ def test_a_hang_up_closes_the_dirty_client(step, step_module, monkeypatch, backp
 GRACEFUL_TIMEOUT = 30
 
 STREAMS_CUT_ON_SIGTERM = (
-    "gunicorn 27 signals the dirty arbiter together with the HTTP workers, and the arbiter "
+    "gunicorn 27 signals the dirty arbiter first, then the HTTP workers, and the arbiter "
     "cancels every request in flight at once (DirtyArbiter.stop), so graceful_timeout only "
     "keeps HTTP workers waiting for streams that end in an error (each gets an error event "
-    "and [DONE], see test_sigterm_ends_every_open_stream_cleanly). A gunicorn limitation: "
-    "working around it takes gunicorn's private internals, which the tutorial does not teach."
+    "and [DONE], see test_sigterm_ends_every_open_stream_cleanly). No setting or hook "
+    "changes that order: drain the server before the signal, as step 06's rolling restart does."
 )
 
 
