@@ -215,7 +215,10 @@ def test_a_killed_dirty_worker_fails_a_sync_chat_cleanly(step, start, step_modul
 
     def ask():
         with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
-            outcome["response"] = http.post("/chat/sync", json={"prompt": "explain"})
+            try:
+                outcome["response"] = http.post("/chat/sync", json={"prompt": "explain"})
+            except httpx.HTTPError as exc:
+                outcome["error"] = exc
 
     asker = threading.Thread(target=ask, daemon=True)
     asker.start()
@@ -223,6 +226,10 @@ def test_a_killed_dirty_worker_fails_a_sync_chat_cleanly(step, start, step_modul
     assert poll(lambda: procs.thread_count(victim) > 1, timeout=READ_TIMEOUT)
     os.kill(victim, signal.SIGKILL)
     asker.join(READ_TIMEOUT)
+    assert "response" in outcome, (
+        f"the chat whose dirty worker was killed got no answer within {READ_TIMEOUT:.0f} s: {outcome!r}\n"
+        f"{server.log()[-3000:]}"
+    )
     response = outcome["response"]
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/json"
