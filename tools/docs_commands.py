@@ -314,6 +314,9 @@ def run_serve(command: Command, sandbox: Path, timeout: float = 120) -> Outcome:
     port = free_port()
     docs = "make docs" in command.text or "mkdocs" in command.text
     url = f"http://127.0.0.1:{port}/" if docs else f"http://127.0.0.1:{port}/health"
+    # Its own log says it took the port: an answer on a port that another test's
+    # server took in the meantime is not this server's.
+    bound = rf"Serving on http://[^\s/]+:{port}/" if docs else rf"Listening at: http://[^\s/]+:{port}\b"
     # A process name of its own too: gunicorn 27 kills the dirty arbiter of
     # another server with the same name (a learner's `make run`, say).
     env = reader_env(PORT=str(port), DOCS_PORT=str(port),
@@ -332,6 +335,7 @@ def run_serve(command: Command, sandbox: Path, timeout: float = 120) -> Outcome:
                     answered = response.status == 200
             except (urllib.error.URLError, OSError):
                 pass
+            answered = answered and re.search(bound, log_path.read_text(errors="replace")) is not None
             if answered:
                 break
             time.sleep(0.1)
@@ -351,6 +355,7 @@ def run_serve(command: Command, sandbox: Path, timeout: float = 120) -> Outcome:
         output = log_path.read_text(errors="replace")
     finally:
         stopped = _stop_group(proc)
+    after_ctrl_c = log_path.read_text(errors="replace")[len(output):][-3000:] or "(nothing)"
     output = output[: output.rfind("\n") + 1]
     # The runner's own probe is not part of what a reader sees (text or JSON access log).
     lines = output.splitlines(keepends=True)
@@ -360,7 +365,8 @@ def run_serve(command: Command, sandbox: Path, timeout: float = 120) -> Outcome:
     if not answered:
         return Outcome(command, False, output, f"it did not answer on {url} within {timeout:.0f} s")
     if not stopped:
-        return Outcome(command, False, output, "it answered, but Ctrl-C did not stop it within 20 s")
+        return Outcome(command, False, output, "it answered, but Ctrl-C did not stop it within 20 s; "
+                       f"after Ctrl-C it said:\n{after_ctrl_c}")
     return Outcome(command, True, output)
 
 
