@@ -285,7 +285,6 @@ def test_a_silent_model_times_out_a_sync_chat(step, start_faulty):
         assert http.get("/health").status_code == 200
 
 
-
 @pytest.mark.only("02")
 def test_a_sync_chat_the_dirty_worker_times_out_is_a_504_too(step, step_module, tmp_path):
     """The arbiter and the dirty worker both time an answer by dirty_timeout.
@@ -308,11 +307,12 @@ def test_a_sync_chat_the_dirty_worker_times_out_is_a_504_too(step, step_module, 
 
     async def ask() -> dict:
         arbiter_end, worker_end = socket.socketpair()
-        streams = [await asyncio.open_connection(sock=end) for end in (arbiter_end, worker_end)]
-        await worker.handle_request(request, streams[1][1])
-        answer = await DirtyProtocol.read_message_async(streams[0][0])
-        for _, writer in streams:
-            writer.close()
+        reader, arbiter_writer = await asyncio.open_connection(sock=arbiter_end)
+        _, worker_writer = await asyncio.open_connection(sock=worker_end)
+        await worker.handle_request(request, worker_writer)
+        answer = await DirtyProtocol.read_message_async(reader)
+        arbiter_writer.close()
+        worker_writer.close()
         return answer
 
     try:
