@@ -232,10 +232,12 @@ def start(step, servers, request):
 
 @pytest.fixture
 def start_faulty(start):
-    """Start a server whose model misbehaves as CHAT_FAULT says (see fault_conf.py)."""
+    """Start a server with tests/steps/fault_conf.py: its model misbehaves as CHAT_FAULT
+    says, or, with `fault` None, only as the other variables there say."""
 
-    def _start(fault: str, *, args=(), env=None, **options) -> LiveServer:
-        return start(config=FAULT_CONF, env={"CHAT_FAULT": fault, **(env or {})}, args=args, **options)
+    def _start(fault: str | None, *, args=(), env=None, **options) -> LiveServer:
+        faults = {"CHAT_FAULT": fault} if fault is not None else {}
+        return start(config=FAULT_CONF, env={**faults, **(env or {})}, args=args, **options)
 
     return _start
 

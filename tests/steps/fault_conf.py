@@ -14,6 +14,10 @@ CHAT_FAULT_ONCE=path the fault strikes one answer only, in whichever dirty
 CHAT_WATCHDOG=S      the model's watchdog fires after S seconds without a
                      token, instead of WATCHDOG_SECONDS (CHAT_FAULT may be
                      left out: the model then does not misbehave)
+CHAT_RESPAWN_LOAD_SECONDS=S
+                     the dirty workers the arbiter forks after its first
+                     ones, to replace or add to them, load their model in S
+                     seconds instead of CHAT_LOAD_SECONDS: the first ones load quickly
 """
 
 import os
@@ -47,6 +51,20 @@ def _faulty(split_tokens, kind, after, stall, once):
             yield token
 
     return faulty_split_tokens
+
+
+_forks = 0
+
+
+def dirty_post_fork(arbiter, worker):
+    gunicorn_conf.dirty_post_fork(arbiter, worker)
+    global _forks
+    _forks += 1
+    # The arbiter imported the model's module before its first fork (to read
+    # the app's settings), and every worker it forks from now on inherits this.
+    if "CHAT_RESPAWN_LOAD_SECONDS" in os.environ and _forks == arbiter.num_workers:
+        model = sys.modules[CHAT_APP.partition(":")[0]]
+        model.LOAD_SECONDS = float(os.environ["CHAT_RESPAWN_LOAD_SECONDS"])
 
 
 def dirty_worker_init(worker):

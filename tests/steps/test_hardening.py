@@ -331,7 +331,6 @@ def test_a_sync_chat_the_dirty_worker_times_out_is_a_504_too(step, step_module, 
 
 # --- a model stuck mid-answer is replaced by its watchdog -------------------
 
-FAULT_CONF = Path(__file__).with_name("fault_conf.py")
 # The watchdog's limit in these servers (the steps' WATCHDOG_SECONDS is 20 s):
 # longer than dirty_timeout, so that the arbiter tells the client first.
 STUCK_WATCHDOG = 2 * DIRTY_TIMEOUT
@@ -373,10 +372,10 @@ def assert_the_watchdog_stayed_quiet(server, worker: int) -> None:
     assert not re.search(WATCHDOG_FIRED, server.log()), "the watchdog fired although no answer was running"
 
 
-def start_watched(start):
+def start_watched(start_faulty):
     """The step with one dirty worker, whose model's watchdog fires after QUICK_WATCHDOG; no fault."""
     env = {**ONE_WORKER_ANY_STEP["env"], "CHAT_WATCHDOG": str(QUICK_WATCHDOG)}
-    return start(config=FAULT_CONF, **{**ONE_WORKER_ANY_STEP, "env": env})
+    return start_faulty(None, **{**ONE_WORKER_ANY_STEP, "env": env})
 
 
 @pytest.fixture
@@ -424,9 +423,9 @@ def test_a_silent_model_is_replaced_after_a_sync_chat(step, stalling, step_modul
 # watchdog's limit, and an answer still lasts longer than it.
 @pytest.mark.paced(0.5)
 @pytest.mark.since("02")
-def test_the_watchdog_spares_a_working_model(step, start, step_module):
+def test_the_watchdog_spares_a_working_model(step, start_faulty, step_module):
     chat_app = step_module("chat_app")
-    server = start_watched(start)
+    server = start_watched(start_faulty)
     (worker,) = dirty_worker_pids(server)
     with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
         sent = time.monotonic()
@@ -449,8 +448,8 @@ def test_the_watchdog_spares_a_working_model(step, start, step_module):
 
 @pytest.mark.paced
 @pytest.mark.since("03")
-def test_a_hang_up_leaves_no_watchdog_behind(step, start):
-    server = start_watched(start)
+def test_a_hang_up_leaves_no_watchdog_behind(step, start_faulty):
+    server = start_watched(start_faulty)
     (worker,) = dirty_worker_pids(server)
     headers = {**AUTH, "Connection": "close"}
     with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=headers) as http:

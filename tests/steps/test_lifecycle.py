@@ -24,11 +24,11 @@ from harness.procs import ARBITER, DIRTY, process_roles
 from harness.server import AUTH
 from harness.sse import ChatStream
 
-pytestmark = pytest.mark.paced
-
-# Longer than the arbiter's 5 s wait for a worker's socket.
+# How long the dirty arbiter waits for a worker's socket, and a load longer than that.
+ARBITER_WAIT = 5
 SLOW_LOAD = {"CHAT_LOAD_SECONDS": "8"}
-# The long answer: about 3.6 s, time enough to look at the others meanwhile.
+# The long answer: about 3.6 s at a real model's pace (the tests marked
+# paced), time enough to look at the others meanwhile.
 LONG = "explain dirty workers"
 # Bounds every wait of these tests, so that a broken server fails them instead of hanging.
 GUARD = 60.0
@@ -115,12 +115,15 @@ def test_a_chat_sent_while_the_model_loads_gets_its_answer_or_a_clear_503(step, 
 
 
 @pytest.mark.since("02")
-def test_a_respawned_worker_is_counted_and_gets_no_chat_before_it_has_loaded(step, start):
+def test_a_respawned_worker_is_counted_and_gets_no_chat_before_it_has_loaded(step, start_faulty):
     """Round-robin hands requests to a worker as soon as it is forked: while the
     replacement loads (8 s, longer than the arbiter waits), no chat may reach it."""
-    server = start(env=SLOW_LOAD, args=("--dirty-workers", "2"), dirty_workers=2)
+    # Only the replacement loads slowly (fault_conf.py): the first two need not.
+    respawn_slowly = {"CHAT_RESPAWN_LOAD_SECONDS": SLOW_LOAD["CHAT_LOAD_SECONDS"]}
+    server = start_faulty(None, env=respawn_slowly, args=("--dirty-workers", "2"), dirty_workers=2)
     wait_until_ready(server, loaded=2, workers=2)
     victim = min(dirty_pids(server))
+    killed = time.monotonic()
     os.kill(victim, signal.SIGKILL)
     # The arbiter's dirty_worker_exit hook runs even after a SIGKILL.
     wait_until_ready(server, loaded=1, workers=2)
@@ -135,8 +138,11 @@ def test_a_respawned_worker_is_counted_and_gets_no_chat_before_it_has_loaded(ste
     assert_never_socket_not_ready(texts)
     wait_until_ready(server, loaded=2, workers=2)
     assert victim not in dirty_pids(server)
+    loading = time.monotonic() - killed
+    assert loading > ARBITER_WAIT, f"the replacement loaded in {loading:.1f} s: this test proves nothing"
 
 
+@pytest.mark.paced
 @pytest.mark.since("03")
 def test_the_line_follows_dirty_workers_set_by_the_environment(step, start):
     server = start(env={"DIRTY_WORKERS": "1"}, dirty_workers=1)
@@ -182,6 +188,7 @@ def test_the_line_follows_the_flag_and_ttin_and_ttou(step, start):
     assert waited, "after TTOU, the line still let 3 chats run at once"
 
 
+@pytest.mark.paced
 @pytest.mark.since("03")
 def test_ttou_stops_the_oldest_dirty_worker_even_mid_answer(step, start):
     """What docs/going-further/real-model.md says: gunicorn 27.0.1 picks the oldest
