@@ -22,6 +22,10 @@ FAULT_CONF = ROOT / "tests" / "steps" / "fault_conf.py"
 # Step 06 limits requests per key; the suite sends many, so the shared servers
 # get a limit they never reach (the rate-limit test sets its own).
 TEST_ENV = {"CHAT_RATE_LIMIT": "100000/minute"}
+# Steps 05 and 06 ship 32 dirty workers, for a workshop room. A shared server
+# never has more than three chats at once, and 32 workers would cost each of
+# its starts seconds: shared servers get four, unless a test asks otherwise.
+SHARED_ENV = {"DIRTY_WORKERS": "4"}
 # The model answers ten times faster than a real one (CHAT_PACE), except for
 # the tests marked `paced`, whose assertions are about the pace itself:
 # `paced(0.5)` for one that needs answers that last, not a real model's pace.
@@ -159,7 +163,8 @@ class ServerPool:
         key = (step.path, pace, repr(sorted(options.items())))
         server = self.shared.get(key)
         if server is None or not server.running():
-            server = self.shared[key] = self.start(step, pace=pace, **options)
+            env = {**SHARED_ENV, **options.pop("env", {})}
+            server = self.shared[key] = self.start(step, pace=pace, env=env, **options)
         return server
 
     def start(self, step: Step, *, env: dict | None = None, pace: float = FAST_PACE, **options) -> LiveServer:
