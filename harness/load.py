@@ -21,10 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import httpx
-
 from harness.procs import MEMORY_KIND, memory_kib, socket_count
-from harness.server import AUTH
+from harness.server import AUTH, loopback_client
 from harness.sse import ChatStream, Event, iter_events, stream_chat
 
 COMPLETE = "complete"
@@ -110,7 +108,7 @@ def fire(
 
     def run(shot: Shot) -> None:
         payload = body(shot.index) if body else {"prompt": prompt}
-        with httpx.Client(base_url=base_url, timeout=timeout, headers=AUTH) as http:
+        with loopback_client(base_url, timeout=timeout, headers=AUTH) as http:
             ready.wait()
             try:
                 shot.result = stream_chat(http, prompt, json_body=payload)
@@ -156,7 +154,7 @@ class WatchedChat:
 
     def _run(self) -> None:
         try:
-            with httpx.Client(base_url=self.base_url, timeout=self.timeout, headers=AUTH) as http:
+            with loopback_client(self.base_url, timeout=self.timeout, headers=AUTH) as http:
                 started = time.monotonic()
                 with http.stream("POST", "/chat", json=self.body) as response:
                     result = ChatStream(response.status_code, response.headers, started)

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+import httpx
+
 from harness.procs import process_tree
 from harness.steps import all_steps
 
@@ -88,6 +90,15 @@ def run_in_fresh_loop(coroutine):
     """
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
+
+
+def loopback_client(base_url: str, **options) -> httpx.Client:
+    """An httpx client for a server of the tests, which speaks plain HTTP on loopback.
+
+    Without TLS it need not load the CA bundle, which costs 20 ms of CPU a
+    client, and the tests make hundreds of clients, some in polling loops.
+    """
+    return httpx.Client(base_url=base_url, verify=False, **options)
 
 
 def free_port() -> int:

@@ -12,10 +12,9 @@ import os
 import re
 from pathlib import Path
 
-import httpx
 import pytest
 
-from harness.server import AUTH, DEV_KEY, ROOT, LiveServer, start_server, step_modules
+from harness.server import AUTH, DEV_KEY, ROOT, LiveServer, loopback_client, start_server, step_modules
 from harness.steps import Step, UnknownStep, all_steps, find
 
 FAULT_CONF = ROOT / "tests" / "steps" / "fault_conf.py"
@@ -249,7 +248,7 @@ def start_faulty(start):
 
 @pytest.fixture
 def client(server):
-    with httpx.Client(base_url=server.base_url, timeout=60, headers=AUTH) as http:
+    with loopback_client(server.base_url, timeout=60, headers=AUTH) as http:
         yield http
 
 

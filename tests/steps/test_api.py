@@ -1,10 +1,9 @@
 """The HTTP contract every step keeps: /health, /chat/sync and input validation."""
 
-import httpx
 import pytest
 from bad_input import BAD_REQUESTS, JSON, assert_clear_json_error, unsized_body
 
-from harness.server import AUTH
+from harness.server import AUTH, loopback_client
 
 
 def answer_for(step_module, prompt: str) -> str:
@@ -73,7 +72,7 @@ def test_unknown_path_and_method(step, client):
 
 
 def test_server_survives_a_burst_of_garbage(step, server):
-    with httpx.Client(base_url=server.base_url, timeout=30, headers=AUTH) as http:
+    with loopback_client(server.base_url, timeout=30, headers=AUTH) as http:
         for case in BAD_REQUESTS.values():
             http.post("/chat/sync", **case[0])
         assert http.get("/health").json() == {"status": "ok"}

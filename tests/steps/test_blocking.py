@@ -3,10 +3,9 @@
 import threading
 import time
 
-import httpx
 import pytest
 
-from harness.server import AUTH
+from harness.server import AUTH, loopback_client
 
 
 def probe_health_during_chat(base_url: str):
@@ -17,7 +16,7 @@ def probe_health_during_chat(base_url: str):
     chat: dict[str, float] = {}
 
     def run_chat():
-        with httpx.Client(base_url=base_url, timeout=60, headers=AUTH) as http:
+        with loopback_client(base_url, timeout=60, headers=AUTH) as http:
             chat["sent"] = time.monotonic()
             response = http.post("/chat/sync", json={"prompt": "explain"})
             chat["done"] = time.monotonic()
@@ -28,7 +27,7 @@ def probe_health_during_chat(base_url: str):
     probes = []
     # A fresh connection per probe: a blocked server may drop an idle
     # keep-alive connection the moment it wakes up.
-    with httpx.Client(base_url=base_url, timeout=60, headers={**AUTH, "Connection": "close"}) as http:
+    with loopback_client(base_url, timeout=60, headers={**AUTH, "Connection": "close"}) as http:
         while "done" not in chat:
             sent = time.monotonic()
             assert http.get("/health").status_code == 200

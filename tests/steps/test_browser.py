@@ -13,11 +13,10 @@ import queue
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
 from playwright.sync_api import expect
 
-from harness.server import AUTH, ROOT
+from harness.server import AUTH, ROOT, loopback_client
 from harness.sse import stream_chat
 from tools.screenshot import take_screenshots
 
@@ -32,7 +31,7 @@ ONE_WORKER = {"env": {"DIRTY_WORKERS": "1"}, "dirty_workers": 1}
 
 
 def sync_answer(server, prompt: str, thinking: bool = False) -> str:
-    with httpx.Client(base_url=server.base_url, timeout=60, headers=AUTH) as http:
+    with loopback_client(server.base_url, timeout=60, headers=AUTH) as http:
         response = http.post("/chat/sync", json={"prompt": prompt, "thinking": thinking})
     assert response.status_code == 200, response.text
     return response.json()["response"]
@@ -253,7 +252,7 @@ def test_a_full_server_puts_the_page_in_line(step, start, page):
     def hold_the_only_worker():
         # The response starts once the request has its place: the only worker.
         hooks = {"response": [lambda response: claimed.set()]}
-        with httpx.Client(base_url=server.base_url, timeout=60, event_hooks=hooks, headers=AUTH) as http:
+        with loopback_client(server.base_url, timeout=60, event_hooks=hooks, headers=AUTH) as http:
             held.append(stream_chat(http, "explain", thinking=True))
 
     thread = threading.Thread(target=hold_the_only_worker)
@@ -279,7 +278,7 @@ def test_a_full_server_puts_the_page_in_line(step, start, page):
 def test_a_chat_sent_while_the_model_loads_says_so(step, start, page):
     # A load slow enough to click before it ends, as a real model's would be.
     server = start(env={"DIRTY_WORKERS": "1", "CHAT_LOAD_SECONDS": "8"}, ready=False)
-    with httpx.Client(base_url=server.base_url, timeout=10, headers=AUTH) as http:
+    with loopback_client(server.base_url, timeout=10, headers=AUTH) as http:
         assert http.get("/ready").status_code == 503, "the model was loaded already: this test proves nothing"
     page.goto(server.base_url)
     chip(page, "hello").click()

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from harness.procs import settled_socket_count, socket_count
-from harness.server import AUTH
+from harness.server import AUTH, loopback_client
 from harness.sse import stream_chat
 
 pytestmark = pytest.mark.since("03")
@@ -31,7 +31,7 @@ def first_token_time(http: httpx.Client, prompt: str = "hello") -> float:
 def test_a_client_that_stays_gets_everything(step, one_worker, step_module):
     # The other half of disconnect detection: a live client is never cut off,
     # even when it reads slowly.
-    with httpx.Client(base_url=one_worker.base_url, timeout=60, headers=AUTH) as http:
+    with loopback_client(one_worker.base_url, timeout=60, headers=AUTH) as http:
         with http.stream("POST", "/chat", json={"prompt": "explain"}) as response:
             chunks = []
             for chunk in response.iter_raw(64):
@@ -48,7 +48,7 @@ def test_dropping_a_stream_frees_the_dirty_worker(step, one_worker, step_module)
     remaining_tokens = len(chat_app.split_tokens(chat_app.EXPLAIN)) - 3
     # Even at the shortest pause, finishing the dropped answer would take this long.
     remaining_seconds = remaining_tokens * chat_app.WORD_DELAY[0]
-    with httpx.Client(base_url=one_worker.base_url, timeout=60, headers=AUTH) as http:
+    with loopback_client(one_worker.base_url, timeout=60, headers=AUTH) as http:
         idle = statistics.median(first_token_time(http) for _ in range(3))
         after_drop = []
         for _ in range(3):
@@ -69,11 +69,11 @@ def test_sockets_return_to_their_idle_count(step, start):
         for prompt in ("hello", "code"):
             assert stream_chat(http, prompt).ended_with_done
 
-    with httpx.Client(base_url=server.base_url, timeout=60, headers=headers) as http:
+    with loopback_client(server.base_url, timeout=60, headers=headers) as http:
         full_round(http)
     idle = settled_socket_count(server.pids)
 
-    with httpx.Client(base_url=server.base_url, timeout=60, headers=headers) as http:
+    with loopback_client(server.base_url, timeout=60, headers=headers) as http:
         for _ in range(10):
             stream_chat(http, "explain", stop_after_tokens=2)
             assert http.post("/chat/sync", json={"prompt": "hi"}).status_code == 200
@@ -93,7 +93,7 @@ CALM_LINE = r"client hung up: the request on dirty worker \d+ is cancelled"
 @pytest.mark.paced
 def test_a_hang_up_is_one_calm_log_line(step, start):
     server = start(**ONE_WORKER)
-    with httpx.Client(base_url=server.base_url, timeout=60, headers=AUTH) as http:
+    with loopback_client(server.base_url, timeout=60, headers=AUTH) as http:
         dropped = stream_chat(http, "explain", stop_after_tokens=3)
         assert len(dropped.token_events) == 3
         server.wait_for_log(CALM_LINE)
@@ -108,7 +108,7 @@ def test_a_hang_up_is_one_calm_log_line(step, start):
 
 def test_a_model_that_fails_still_logs_its_traceback(step, start_faulty):
     server = start_faulty("raise:3", **ONE_WORKER)
-    with httpx.Client(base_url=server.base_url, timeout=60, headers=AUTH) as http:
+    with loopback_client(server.base_url, timeout=60, headers=AUTH) as http:
         result = stream_chat(http, "explain")
     assert [error["type"] for error in result.errors] == ["model_error"], result.text
     server.wait_for_log(r"Traceback[\s\S]*RuntimeError: injected fault: the model crashed")

@@ -33,7 +33,7 @@ from gunicorn.dirty.worker import DirtyWorker
 
 from harness import procs
 from harness.load import COMPLETE, FAILED, WatchedChat, classify
-from harness.server import AUTH, DIRTY_READY, run_in_fresh_loop, wait_for_ready
+from harness.server import AUTH, DIRTY_READY, loopback_client, run_in_fresh_loop, wait_for_ready
 from harness.sse import ChatStream, stream_chat
 
 ONE_WORKER = {"env": {"DIRTY_WORKERS": "1"}, "dirty_workers": 1}
@@ -53,7 +53,7 @@ def small_server(step, shared):
 
 @pytest.fixture
 def http(small_server):
-    with httpx.Client(base_url=small_server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as client:
+    with loopback_client(small_server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as client:
         yield client
 
 
@@ -200,7 +200,7 @@ def test_a_killed_dirty_worker_ends_the_stream_with_an_error(step, start, step_m
     # The arbiter replaces the worker, and the next chat is whole.
     replacements = poll(lambda: dirty_worker_pids(server) - {victim}, timeout=10)
     assert replacements and victim not in dirty_worker_pids(server)
-    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
+    with loopback_client(server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
         after = stream_chat(http, "hello")
     assert classify(after) == COMPLETE
     assert after.text == chat_app.GREETING
@@ -214,7 +214,7 @@ def test_a_killed_dirty_worker_fails_a_sync_chat_cleanly(step, start, step_modul
     outcome = {}
 
     def ask():
-        with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
+        with loopback_client(server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
             try:
                 outcome["response"] = http.post("/chat/sync", json={"prompt": "explain"})
             except httpx.HTTPError as exc:
@@ -238,7 +238,7 @@ def test_a_killed_dirty_worker_fails_a_sync_chat_cleanly(step, start, step_modul
     assert replacements
     # The replacement loads its model first; until then a chat is told to come back.
     wait_for_ready(server.base_url, timeout=10, proc=server.proc, workers=1)
-    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
+    with loopback_client(server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
         after = http.post("/chat/sync", json={"prompt": "hello"})
     assert after.status_code == 200 and after.json()["response"] == chat_app.GREETING
 
@@ -256,7 +256,7 @@ SILENT_MODEL = {
 @pytest.mark.since("03")
 def test_a_silent_model_ends_the_stream_with_a_timeout(step, start_faulty):
     server = start_faulty("stall:3", **SILENT_MODEL)
-    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
+    with loopback_client(server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
         result = stream_chat(http, "explain")
         assert classify(result) == FAILED, result.body[-300:]
         assert len(result.token_events) == 3
@@ -273,7 +273,7 @@ def test_a_silent_model_ends_the_stream_with_a_timeout(step, start_faulty):
 def test_a_silent_model_times_out_a_sync_chat(step, start_faulty):
     args = [*SILENT_MODEL["args"], "--dirty-workers", "1"]
     server = start_faulty("stall:3", **{**SILENT_MODEL, "args": args})
-    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
+    with loopback_client(server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
         sent = time.monotonic()
         response = http.post("/chat/sync", json={"prompt": "explain"})
         waited = time.monotonic() - sent
@@ -383,7 +383,7 @@ def stalling(start_faulty, tmp_path):
     """A server whose one dirty worker stalls its first answer: the server, that worker's pid, a client."""
     server = start_faulty("stall:3", **stuck_model(tmp_path))
     (stuck,) = dirty_worker_pids(server)
-    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
+    with loopback_client(server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
         yield server, stuck, http
 
 
@@ -427,7 +427,7 @@ def test_the_watchdog_spares_a_working_model(step, start_faulty, step_module):
     chat_app = step_module("chat_app")
     server = start_watched(start_faulty)
     (worker,) = dirty_worker_pids(server)
-    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
+    with loopback_client(server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
         sent = time.monotonic()
         response = http.post("/chat/sync", json={"prompt": "explain"})
         took = time.monotonic() - sent
@@ -452,7 +452,7 @@ def test_a_hang_up_leaves_no_watchdog_behind(step, start_faulty):
     server = start_watched(start_faulty)
     (worker,) = dirty_worker_pids(server)
     headers = {**AUTH, "Connection": "close"}
-    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=headers) as http:
+    with loopback_client(server.base_url, timeout=READ_TIMEOUT, headers=headers) as http:
         # At this pace the answer has seconds to go: the hang-up closes it mid-answer.
         drop = stream_chat(http, "explain", stop_after_tokens=1)
         assert drop.status == 200 and len(drop.token_events) == 1, drop.body[-300:]
@@ -536,7 +536,7 @@ def drop_chats(http: httpx.Client, count: int) -> tuple[list[float], int]:
 def dropping_client(server) -> httpx.Client:
     # Every chat on a connection of its own, closed with it, as separate clients come and go.
     headers = {**AUTH, "Connection": "close"}
-    return httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=headers)
+    return loopback_client(server.base_url, timeout=READ_TIMEOUT, headers=headers)
 
 
 @pytest.mark.paced

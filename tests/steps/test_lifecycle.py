@@ -21,7 +21,7 @@ import pytest
 
 from harness.load import WatchedChat
 from harness.procs import ARBITER, DIRTY, process_roles
-from harness.server import AUTH
+from harness.server import AUTH, loopback_client
 from harness.sse import ChatStream
 
 # How long the dirty arbiter waits for a worker's socket, and a load longer than that.
@@ -41,7 +41,8 @@ def start_chat(server, prompt: str = LONG) -> WatchedChat:
 
 
 def ready(server) -> httpx.Response:
-    return httpx.get(f"{server.base_url}/ready", timeout=10)
+    with loopback_client(server.base_url, timeout=10) as http:
+        return http.get("/ready")
 
 
 def wait_until_ready(server, loaded: int, workers: int) -> dict:
@@ -73,7 +74,8 @@ def assert_never_socket_not_ready(texts: list[str]) -> None:
 def test_ready_is_503_while_the_model_loads_then_200(step, start):
     server = start(env=SLOW_LOAD, args=("--dirty-workers", "2"), ready=False)
     loading = ready(server)
-    health = httpx.get(f"{server.base_url}/health")
+    with loopback_client(server.base_url, timeout=10) as http:
+        health = http.get("/health")
     assert health.status_code == 200, "/health must answer while the model loads"
     assert loading.status_code == 503, f"/ready said {loading.status_code} before any model was loaded"
     assert loading.json() == {"status": "loading", "loaded": 0, "workers": 2}
@@ -89,7 +91,7 @@ def test_a_chat_sent_while_the_model_loads_gets_its_answer_or_a_clear_503(step, 
     answers: list[httpx.Response] = []
 
     def ask():
-        with httpx.Client(base_url=server.base_url, timeout=GUARD, headers=AUTH) as client:
+        with loopback_client(server.base_url, timeout=GUARD, headers=AUTH) as client:
             answers.append(client.post("/chat/sync", json={"prompt": "hello"}))
 
     threads = [threading.Thread(target=ask) for _ in range(3)]
@@ -128,7 +130,7 @@ def test_a_respawned_worker_is_counted_and_gets_no_chat_before_it_has_loaded(ste
     # The arbiter's dirty_worker_exit hook runs even after a SIGKILL.
     wait_until_ready(server, loaded=1, workers=2)
     texts = []
-    with httpx.Client(base_url=server.base_url, timeout=GUARD, headers=AUTH) as client:
+    with loopback_client(server.base_url, timeout=GUARD, headers=AUTH) as client:
         for _ in range(4):
             answer = client.post("/chat/sync", json={"prompt": "hello"})
             texts.append(answer.text)
@@ -216,7 +218,8 @@ def test_ready_says_503_when_the_dirty_arbiter_does_not_answer(step, start):
     os.kill(arbiter, signal.SIGSTOP)
     try:
         stuck = ready(server)
-        health = httpx.get(f"{server.base_url}/health", timeout=10)
+        with loopback_client(server.base_url, timeout=10) as http:
+            health = http.get("/health")
     finally:
         os.kill(arbiter, signal.SIGCONT)
     assert stuck.status_code == 503, f"/ready said {stuck.status_code} while no arbiter could answer"
@@ -231,7 +234,7 @@ def test_a_chat_that_waits_too_long_for_the_model_gets_a_clear_503(step, start):
     # A load of seconds more than the wait, however slowly the server starts.
     server = start(env={**SLOW_LOAD, "CHAT_LOAD_WAIT": "1"}, args=("--dirty-workers", "1"), ready=False)
     assert ready(server).status_code == 503, "the model was loaded already: this test proves nothing"
-    with httpx.Client(base_url=server.base_url, timeout=GUARD, headers=AUTH) as client:
+    with loopback_client(server.base_url, timeout=GUARD, headers=AUTH) as client:
         answer = client.post("/chat/sync", json={"prompt": "hello"})
     assert answer.status_code == 503, answer.text
     assert answer.json() == {"detail": "the model is still loading: 0 of 1 dirty workers are ready"}

@@ -10,12 +10,11 @@ tested without a server in test_capacity.py.
 import threading
 import time
 
-import httpx
 import pytest
 
 from harness import procs
 from harness.load import COMPLETE, FAILED, REFUSED, fire
-from harness.server import AUTH
+from harness.server import AUTH, loopback_client
 from harness.sse import stream_chat
 
 pytestmark = pytest.mark.since("03")
@@ -45,7 +44,7 @@ def burst_run(step, servers):
     done = threading.Event()
 
     def probe_health():
-        with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
+        with loopback_client(server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
             while not done.is_set():
                 sent = time.monotonic()
                 status = http.get("/health").status_code
@@ -163,7 +162,7 @@ def test_health_stays_fast_during_the_burst(step, burst):
 def test_the_server_recovers_after_the_burst(step, burst, step_module):
     server, shots, _probes = burst
     assert all(shot.result is not None for shot in shots)
-    with httpx.Client(base_url=server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
+    with loopback_client(server.base_url, timeout=READ_TIMEOUT, headers=AUTH) as http:
         result = stream_chat(http, "hello")
         assert http.get("/health").json() == {"status": "ok"}
     assert result.status == 200 and result.ended_with_done and not result.errors

@@ -4,11 +4,10 @@ OpenAI-compatible endpoint, and the deployment files."""
 import json
 import re
 
-import httpx
 import openai
 import pytest
 
-from harness.server import AUTH, DEV_KEY
+from harness.server import AUTH, DEV_KEY, loopback_client
 from harness.sse import stream_chat
 
 pytestmark = pytest.mark.since("06")
@@ -17,7 +16,7 @@ KEY = DEV_KEY
 
 
 def test_chat_endpoints_need_a_key(step, server):
-    with httpx.Client(base_url=server.base_url, timeout=30) as anonymous:
+    with loopback_client(server.base_url, timeout=30) as anonymous:
         for path in ("/chat", "/chat/sync", "/v1/chat/completions"):
             response = anonymous.post(path, json={"prompt": "hi"})
             assert response.status_code == 401, path
@@ -33,7 +32,7 @@ def test_chat_endpoints_need_a_key(step, server):
 
 def test_the_key_comes_from_the_environment(step, start):
     server = start(env={"CHAT_API_KEY": "s3cret", "DIRTY_WORKERS": "1"}, dirty_workers=1)
-    with httpx.Client(base_url=server.base_url, timeout=30) as http:
+    with loopback_client(server.base_url, timeout=30) as http:
         dev = http.post("/chat/sync", json={"prompt": "hi"}, headers={"Authorization": f"Bearer {KEY}"})
         assert dev.status_code == 401
         ok = http.post("/chat/sync", json={"prompt": "hi"}, headers={"Authorization": "Bearer s3cret"})
@@ -47,7 +46,7 @@ def test_the_dev_key_warns_at_startup(step, server):
 
 def test_rate_limit_answers_429_with_retry_after(step, start):
     server = start(env={"CHAT_RATE_LIMIT": "3/minute", "DIRTY_WORKERS": "1"}, dirty_workers=1)
-    with httpx.Client(base_url=server.base_url, timeout=30, headers=AUTH) as http:
+    with loopback_client(server.base_url, timeout=30, headers=AUTH) as http:
         statuses = [http.post("/chat/sync", json={"prompt": "hi"}).status_code for _ in range(4)]
         assert statuses == [200, 200, 200, 429]
         refused = http.post("/chat", json={"prompt": "hi"})
@@ -67,7 +66,7 @@ def quiet_client(start):
     """A client of a server of its own: a shared server may still be ending
     another test's stream, whose duration would land between two readings."""
     server = start(env={"DIRTY_WORKERS": "1"}, dirty_workers=1)
-    with httpx.Client(base_url=server.base_url, timeout=60, headers=AUTH) as http:
+    with loopback_client(server.base_url, timeout=60, headers=AUTH) as http:
         yield http
 
 
@@ -94,7 +93,7 @@ def test_metrics_count_requests_streams_and_tokens(step, quiet_client):
 
 def test_metrics_count_dirty_errors(step, start_faulty):
     server = start_faulty("raise:2", env={"DIRTY_WORKERS": "1"}, dirty_workers=1)
-    with httpx.Client(base_url=server.base_url, timeout=30, headers=AUTH) as http:
+    with loopback_client(server.base_url, timeout=30, headers=AUTH) as http:
         assert stream_chat(http, "hello").errors
         text = http.get("/metrics").text
     assert metric(text, "chat_dirty_errors_total", '{type="model_error"}') == 1

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 
-from harness.server import AUTH, LiveServer, free_port, wait_for_health
+from harness.server import AUTH, LiveServer, free_port, loopback_client, wait_for_health
 from harness.sse import ChatStream, stream_chat
 
 pytestmark = pytest.mark.since("06")
@@ -89,7 +88,7 @@ def proxy(step, start, nginx_binary, tmp_path):
 @pytest.mark.paced
 def test_tokens_arrive_progressively_through_nginx(step, proxy):
     url, _ = proxy
-    with httpx.Client(base_url=url, timeout=30, headers=AUTH) as http:
+    with loopback_client(url, timeout=30, headers=AUTH) as http:
         result = stream_chat(http, "explain")
     assert result.status == 200 and result.ended_with_done
     times = [event.at for event in result.token_events]
@@ -100,7 +99,7 @@ def test_tokens_arrive_progressively_through_nginx(step, proxy):
 
 def test_both_instances_serve_traffic(step, proxy):
     url, instances = proxy
-    with httpx.Client(base_url=url, timeout=30, headers=AUTH) as http:
+    with loopback_client(url, timeout=30, headers=AUTH) as http:
         for _ in range(6):
             assert http.post("/chat/sync", json={"prompt": "hi"}).status_code == 200
 
@@ -115,7 +114,7 @@ def test_both_instances_serve_traffic(step, proxy):
 
 def test_nginx_sets_the_request_id(step, proxy):
     url, _ = proxy
-    with httpx.Client(base_url=url, timeout=30, headers=AUTH) as http:
+    with loopback_client(url, timeout=30, headers=AUTH) as http:
         response = http.post("/chat/sync", json={"prompt": "hi"})
     assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
 
@@ -140,12 +139,13 @@ NEW_PROMPTS = ["hello", "streaming", "code", "what is this?"]
 def chat_through(url: str, prompt: str, thinking: bool = False) -> ChatStream:
     # A connection of its own: a new chat does not ride on one that nginx's
     # reload may be closing.
-    with httpx.Client(base_url=url, timeout=90, headers=AUTH) as http:
+    with loopback_client(url, timeout=90, headers=AUTH) as http:
         return stream_chat(http, prompt, thinking)
 
 
 def in_flight(instance: LiveServer) -> float:
-    metrics = httpx.get(f"{instance.base_url}/metrics", timeout=10).text
+    with loopback_client(instance.base_url, timeout=10) as http:
+        metrics = http.get("/metrics").text
     return float(re.search(r"^chat_in_flight (\S+)$", metrics, re.MULTILINE)[1])
 
 

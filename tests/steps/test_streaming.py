@@ -3,10 +3,9 @@
 import json
 import re
 
-import httpx
 import pytest
 
-from harness.server import AUTH
+from harness.server import AUTH, loopback_client
 from harness.sse import stream_chat
 
 pytestmark = pytest.mark.since("03")
@@ -101,7 +100,7 @@ def test_chat_refuses_other_content_types(step, client):
 
 def test_model_error_mid_stream_becomes_an_error_event(step, start_faulty):
     server = start_faulty("raise:3", dirty_workers=1, env={"DIRTY_WORKERS": "1"})
-    with httpx.Client(base_url=server.base_url, timeout=30, headers=AUTH) as http:
+    with loopback_client(server.base_url, timeout=30, headers=AUTH) as http:
         result = stream_chat(http, "explain")
         assert result.status == 200
         # Three tokens made it, then one error event, then [DONE].
