@@ -44,7 +44,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -52,6 +51,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.server import free_port
 from harness.sse import Event, split_events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -213,12 +213,6 @@ class Outcome:
     def report(self) -> str:
         tail = "\n".join(self.output.splitlines()[-25:])
         return f"{self.command.where}: $ {self.command.text}\n  {self.message}\n{tail}".rstrip()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def normalize(output: str, port: int | None = None, sandbox: Path | None = None) -> str:
