@@ -53,16 +53,12 @@ def _faulty(split_tokens, kind, after, stall, once):
     return faulty_split_tokens
 
 
-_forks = 0
-
-
 def dirty_post_fork(arbiter, worker):
     gunicorn_conf.dirty_post_fork(arbiter, worker)
-    global _forks
-    _forks += 1
     # The arbiter imported the model's module before its first fork (to read
-    # the app's settings), and every worker it forks from now on inherits this.
-    if "CHAT_RESPAWN_LOAD_SECONDS" in os.environ and _forks == arbiter.num_workers:
+    # the app's settings): once its pool is full, every worker it forks from
+    # now on inherits this.
+    if "CHAT_RESPAWN_LOAD_SECONDS" in os.environ and len(arbiter.workers) >= arbiter.num_workers:
         model = sys.modules[CHAT_APP.partition(":")[0]]
         model.LOAD_SECONDS = float(os.environ["CHAT_RESPAWN_LOAD_SECONDS"])
 
