@@ -105,14 +105,16 @@ def split_events(data: bytes) -> tuple[list[bytes], bytes]:
 def iter_events(response: httpx.Response, result: ChatStream):
     """Yield each event of an SSE response as soon as it is complete.
 
-    The raw bytes go to `result.body` as they arrive.
+    The raw bytes go to `result.body` as they arrive. An event's time is that
+    of the read that completed it: events read together share it.
     """
     rest = b""
     for chunk in response.iter_raw():
+        arrived = time.monotonic()
         result.body += chunk
         events, rest = split_events(rest + chunk)
         for raw in events:
-            yield Event(raw.decode("utf-8"), time.monotonic())
+            yield Event(raw.decode("utf-8"), arrived)
 
 
 def stream_chat(

@@ -121,7 +121,8 @@ def test_waiting_clients_hear_where_they_stand(step, burst, step_module):
         assert positions == sorted(positions, reverse=True) and positions[-1] >= 1
         last_wait = max(i for i, payload in enumerate(result.payloads) if "waiting" in payload)
         assert all("waiting" not in payload for payload in result.payloads[last_wait + 1:])
-        assert result.token_events[0].at > result.events[last_wait].at
+        # (Read together, the two share a time; the order above says the rest.)
+        assert result.token_events[0].at >= result.events[last_wait].at
 
 
 def test_the_line_is_first_come_first_served(step, burst):
@@ -140,10 +141,12 @@ def test_the_line_is_first_come_first_served(step, burst):
     assert finishes == sorted(finishes)
     # One worker: each answer starts only once the one before it has ended.
     # Each chat is read by a thread of its own, and on a busy machine the
-    # thread may read the last word a moment late; the word before it left the
-    # server a whole word's pause earlier, so that is the one compared.
+    # thread may come late to its last words and read them in one go; the
+    # read before that one left the server a whole word's pause earlier, so
+    # that is the one compared.
     for before, after in zip([first, *queued], queued, strict=False):
-        assert after.token_events[0].at > before.token_events[-2].at, "two answers overlapped on one worker"
+        reads = sorted({event.at for event in before.token_events})
+        assert after.token_events[0].at > reads[-2], "two answers overlapped on one worker"
 
 
 def test_health_stays_fast_during_the_burst(step, burst):
