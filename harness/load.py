@@ -127,6 +127,18 @@ def fire(
     return shots
 
 
+def past_halfway(moment: float, start: float, end: float) -> bool:
+    """Whether `moment` came later than halfway from `start` to `end`.
+
+    How a test tells that one answer waited for another: each chat is read
+    by a thread of its own, and on a busy machine a thread may come to a
+    word tens of milliseconds late, so "after the other's last word" cannot
+    be told to the millisecond. Two answers given at once, or a chat that
+    did not wait, miss halfway by half an answer.
+    """
+    return moment > start + (end - start) / 2
+
+
 class WatchedChat:
     """One chat read on a thread of its own, watched while it streams.
 

