@@ -4,7 +4,8 @@ For every step, in a sandbox copy of the repository (sharing its .venv), it
 runs what a learner runs, `make workspace STEP=NN` and then
 `make check STEP=NN DIR=workspace`, and, with `--tests`, the step's
 `make test STEP=NN`; each is timed as a whole, like a learner waiting at
-the terminal. It writes docs/generated/loop/times.json and times.md, a
+the terminal, and its processor time is added up over every process it ran
+(the servers and the browser included). It writes docs/generated/loop/times.json and times.md, a
 table of the figures. A command that fails is reported with what it said,
 and its time is not written. With `--steps`, the other steps keep the
 figures measured before on a machine like this one.
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -29,11 +31,18 @@ from tools.docs_commands import ROOT, make_sandbox, reader_env, shell
 OUT = ROOT / "docs" / "generated" / "loop"
 
 
-def timed(command: str, cwd: Path) -> tuple[float, int | None, str]:
-    """Seconds a command took in a reader's shell, its exit code (None past an hour) and its output."""
-    started = time.monotonic()
+def children_cpu() -> float:
+    """Processor seconds of every process this one has waited for, and of those they waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(command: str, cwd: Path) -> tuple[float, float, int | None, str]:
+    """Seconds a command took in a reader's shell, the processor seconds it used, its exit code
+    (None past an hour) and its output."""
+    started, cpu = time.monotonic(), children_cpu()
     code, output = shell(command, cwd, reader_env(), timeout=3600)
-    return time.monotonic() - started, code, output
+    return time.monotonic() - started, children_cpu() - cpu, code, output
 
 
 def last_line(output: str) -> str:
@@ -45,17 +54,19 @@ def measure(number: str, tests: bool) -> dict:
     row: dict = {"step": number}
     with tempfile.TemporaryDirectory(prefix="loop-times-") as tmp:
         sandbox = make_sandbox(Path(tmp) / "repo", tracked_only=True)
-        _, code, output = timed(f"make workspace STEP={number}", sandbox)
+        _, _, code, output = timed(f"make workspace STEP={number}", sandbox)
         if code != 0:
             raise SystemExit(f"make workspace STEP={number} failed:\n{output}")
         commands = {"check": f"make check STEP={number} DIR=workspace"}
         if tests:
             commands["test"] = f"make test STEP={number}"
         for key, command in commands.items():
-            seconds, code, output = timed(command, sandbox)
-            print(f"{command}: {seconds:.0f} s, exit {code}: {last_line(output)}", flush=True)
+            seconds, cpu, code, output = timed(command, sandbox)
+            print(f"{command}: {seconds:.0f} s ({cpu:.0f} s of CPU), exit {code}: {last_line(output)}",
+                  flush=True)
             if code == 0:
                 row[key] = round(seconds, 1)
+                row[f"{key}_cpu"] = round(cpu, 1)
                 row[f"{key}_result"] = last_line(output)
             else:
                 row[f"{key}_failed"] = last_line(output)
@@ -77,8 +88,15 @@ def table(rows: list[dict]) -> str:
     """A row per step, a column per command that was timed (a failed one says so)."""
     keys = [key for key in COLUMNS if any(key in row or f"{key}_failed" in row for row in rows)]
     lines = ["| step | " + " | ".join(COLUMNS[key] for key in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+
+    def cell(row: dict, key: str) -> str:
+        if key not in row:
+            return "failed"
+        cpu = row.get(f"{key}_cpu")
+        return f"{row[key]:.0f} s" + (f" ({cpu:.0f} s of CPU)" if cpu is not None else "")
+
     for row in rows:
-        cells = [f"{row[key]:.0f} s" if key in row else "failed" for key in keys]
+        cells = [cell(row, key) for key in keys]
         lines.append(f"| {row['step']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -1,7 +1,9 @@
-"""make loop-times: a column for each command it timed, a failed run said so and shown,
-and one step measured again without losing the others."""
+"""make loop-times: a column for each command it timed, with the processor time its
+processes used, a failed run said so and shown, and one step measured again without
+losing the others."""
 
 import json
+import sys
 
 from tools import loop_times
 from tools.loop_times import failure_report, table
@@ -15,6 +17,19 @@ def test_the_table_has_a_column_per_command_timed():
         "| 01 | 14 s | 30 s |",
         "| 02 | 41 s | 80 s |",
     ]
+
+
+def test_a_figure_measured_with_its_processor_time_shows_it():
+    rows = [{"step": "01", "check": 14.2, "check_cpu": 25.6}, {"step": "02", "check": 41.0}]
+    assert table(rows).splitlines()[2:] == ["| 01 | 14 s (26 s of CPU) |", "| 02 | 41 s |"]
+
+
+def test_the_processor_time_includes_the_commands_children(tmp_path):
+    # bash starts python, which keeps a core busy for half a second: the grandchild's time counts.
+    busy = f"{sys.executable} -c 'import time\nwhile time.process_time() < 0.5: pass'"
+    seconds, cpu, code, _output = loop_times.timed(busy, tmp_path)
+    assert code == 0
+    assert 0.5 <= cpu <= seconds + 0.1, (cpu, seconds)
 
 
 def test_a_command_not_timed_has_no_column_and_a_failed_one_says_so():
