@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,11 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "paced(pace=1): its servers' model keeps a real model's pace, or this")
     config.addinivalue_line("markers", "learner_loop: runs make check; make test runs these last")
     config.addinivalue_line("markers", "alone: a learner_loop test that make test runs by itself")
+    # Tests press Ctrl-C (SIGINT) on the commands they run, as at a terminal. A
+    # suite started in the background by a script (`nohup make test &`) begins
+    # with SIGINT ignored, and every command it started would ignore it too.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

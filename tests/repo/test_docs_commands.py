@@ -28,11 +28,13 @@ from tools.docs_commands import (
     check_output,
     extract,
     make_sandbox,
+    reader_env,
     repository_files,
     run_dry,
     run_http,
     run_serve,
     run_shell,
+    shell,
 )
 
 PAGES = all_pages()
@@ -243,3 +245,12 @@ def test_commands_run_as_in_a_fresh_shell_even_under_make(tmp_path, monkeypatch)
     assert outcome.ok, outcome.output
     assert "diff" in outcome.output
     assert "Entering directory" not in outcome.output
+
+
+def test_ctrl_c_reaches_the_commands_even_when_the_suite_was_started_in_the_background(tmp_path):
+    # A script's background job (`nohup make test &`) starts with SIGINT ignored,
+    # and a child inherits that: the suite gives itself the usual handler back
+    # (tests/conftest.py), or no command it runs would stop on Ctrl-C.
+    probe = f"{sys.executable} -c 'import signal; print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)'"
+    code, output = shell(probe, tmp_path, reader_env(), timeout=30)
+    assert (code, output.strip()) == (0, "False"), "the commands the tests run would ignore Ctrl-C"
