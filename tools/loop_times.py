@@ -5,8 +5,8 @@ runs what a learner runs, `make workspace STEP=NN` and then
 `make check STEP=NN DIR=workspace`, and, with `--tests`, the step's
 `make test STEP=NN`; each is timed as a whole, like a learner waiting at
 the terminal, and its processor time is added up over every process it ran
-(the servers and the browser included). It writes docs/generated/loop/times.json and times.md, a
-table of the figures. A command that fails is reported with what it said,
+(the servers and the browser included). It writes docs/generated/loop/times.json
+and times.md, a table of the figures. A command that fails is reported with what it said,
 and its time is not written. With `--steps`, the other steps keep the
 figures measured before on a machine like this one.
 

@@ -59,7 +59,7 @@ def c_waited_for_a(server) -> bool:
 # The long answer must outlast the short one by more than the machine's jitter: a real model's pace.
 @pytest.mark.paced
 def test_a_chat_waits_behind_a_busy_worker_while_another_is_idle(start):
-    """Round-robin sends C to A's worker: C's first word comes only after A's last."""
+    """Round-robin sends C to A's worker: C's first word waits for A to end, not for a word's time."""
     assert c_waited_for_a(start(env={"DIRTY_WORKERS": "2"}, dirty_workers=2)), (
         "a chat sent while one dirty worker was idle got its first word before the busy worker "
         "finished: the arbiter no longer routes blind to load, and docs/concepts/capacity.md must change"
