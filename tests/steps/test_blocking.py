@@ -7,9 +7,14 @@ import pytest
 
 from harness.server import AUTH, loopback_client
 
+PROBE_GAP = 0.02
+
 
 def probe_health_during_chat(base_url: str):
     """Send one chat, and /health probes one after another until it is answered.
+
+    The probes come a few milliseconds apart: back to back, they would keep a
+    core busy for the whole chat, and a blocked server shows just as well.
 
     Returns the chat's (sent, done) times and every probe's (sent, answered).
     """
@@ -32,6 +37,7 @@ def probe_health_during_chat(base_url: str):
             sent = time.monotonic()
             assert http.get("/health").status_code == 200
             probes.append((sent, time.monotonic()))
+            time.sleep(PROBE_GAP)
     thread.join()
     assert chat["status"] == 200
     return chat, probes

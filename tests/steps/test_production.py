@@ -4,7 +4,6 @@ OpenAI-compatible endpoint, and the deployment files."""
 import json
 import re
 
-import openai
 import pytest
 
 from harness.server import AUTH, DEV_KEY, loopback_client
@@ -123,9 +122,17 @@ def test_a_strange_request_id_is_replaced(step, client):
     assert re.fullmatch(r"[0-9a-f]{16}", response.headers["x-request-id"])
 
 
+def openai_sdk():
+    """The OpenAI SDK, imported when a test needs it: the import takes most of a
+    second, in every test process that collects this file."""
+    import openai
+
+    return openai
+
+
 @pytest.fixture
 def openai_client(server):
-    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=30) as api:
+    with openai_sdk().OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=30) as api:
         yield api
 
 
@@ -185,6 +192,7 @@ def test_openai_endpoint_validates_its_input(step, client, body):
 def test_openai_endpoint_reports_a_model_error(step, start_faulty):
     server = start_faulty("raise:2", env={"DIRTY_WORKERS": "1"}, dirty_workers=1)
     messages = [{"role": "user", "content": "hi"}]
+    openai = openai_sdk()
     with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=30) as api:
         with pytest.raises(openai.APIError, match="injected fault"):
             list(api.chat.completions.create(model="m", messages=messages, stream=True))
