@@ -1,11 +1,13 @@
 """Run the suite the way CI does: lint, pytest under coverage, coverage report.
 
-The tests that run `make check` themselves (marked learner_loop) come last:
-on unchanged copies one at a time, on broken ones two at a time.
+`make test STEP=02` (it passes `--step=02`) runs that step's tests. The whole
+`make test` runs the repository's own tests (tests/repo), then the tests that
+run `make check` themselves (marked learner_loop): on an unchanged copy of
+each step, one at a time, and that check runs the step's tests, once, under
+coverage too; then on broken copies, two at a time.
 
-`make test` calls it; `make test STEP=02` passes `--step=02`. Coverage includes
-the code that runs inside gunicorn's forked HTTP and dirty workers (see
-[tool.coverage.run] in pyproject.toml). The full run fails below 100 %.
+Coverage includes the code that runs inside gunicorn's forked HTTP and dirty
+workers (see [tool.coverage.run] in pyproject.toml). The full run fails below 100 %.
 """
 
 import subprocess
@@ -26,16 +28,19 @@ def main(args: list[str]) -> int:
     if run(PY, "-m", "ruff", "check", "steps", "tests", "harness", "tools"):
         return 1
     run(PY, "-m", "coverage", "erase")
-    tests = run(PY, "-m", "coverage", "run", "-m", "pytest", "-m", "not learner_loop", *args)
-    if tests == 5:
-        print("No test ran: is the step name right?", file=sys.stderr)
-    if not step and not tests:
-        # Each of these runs make check, several tests at once. On an unchanged
-        # copy, one at a time and alone, so that its tests have the machine a
-        # learner's would have; a broken copy need only fail clearly: two at once.
-        loop = (PY, "-m", "coverage", "run", "-m", "pytest", *args)
-        tests = run(*loop, "-m", "learner_loop and alone", "-n", "0") or run(
-            *loop, "-m", "learner_loop and not alone", "-n", "2")
+    pytest = (PY, "-m", "coverage", "run", "-m", "pytest")
+    if step:
+        tests = run(*pytest, "-m", "not learner_loop", *args)
+        if tests == 5:
+            print("No test ran: is the step name right?", file=sys.stderr)
+    else:
+        # Each learner_loop test runs make check, several tests at once. On an
+        # unchanged copy, one at a time and alone, so that its tests have the
+        # machine a learner's would have; a broken copy need only fail clearly:
+        # two at once.
+        tests = (run(*pytest, "tests/repo", "-m", "not learner_loop", *args)
+                 or run(*pytest, "-m", "learner_loop and alone", "-n", "0")
+                 or run(*pytest, "-m", "learner_loop and not alone", "-n", "2"))
     run(PY, "-m", "coverage", "combine", "--quiet")
     if step:
         report = run(PY, "-m", "coverage", "report", f"--include=steps/{step}*/*")

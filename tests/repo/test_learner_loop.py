@@ -5,16 +5,25 @@ a sandbox copy of the repository (sharing its .venv), on an unchanged copy
 and on a copy with the step's lesson deliberately broken, where the check
 must fail and say in plain words what broke. They check the repository, not
 one step's code, so `make test STEP=NN` and `make check` leave them out.
+
+The whole `make test` runs each step's tests once, here, inside the check of an
+unchanged copy (tools/test.py): under coverage, that check is measured too,
+and what it covers of the copy counts for the step's own files.
 """
 
 import re
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import coverage
 import pytest
 
-from harness.steps import all_steps
-from tools.docs_commands import all_pages, make_sandbox, reader_env, shell
+from harness.steps import all_steps, find
+from tools.docs_commands import ROOT, all_pages, make_sandbox, reader_env, shell
+from tools.loop_times import last_line
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,8 @@ BREAKS = {
 
 
 STEPS = [step.code for step in all_steps()]
+# Where a passing check's summary line goes, for the suite's own summary (conftest.py).
+CHECK_RESULT = "make check"
 
 
 @pytest.fixture
@@ -54,9 +65,49 @@ def sandbox(tmp_path) -> Path:
     return make_sandbox(tmp_path / "repo")
 
 
-def learner(command: str, cwd: Path, timeout: float = 600) -> tuple[int | None, str]:
-    """Run a command as a learner types it in a fresh shell: its exit code and what it printed."""
-    return shell(command, cwd, reader_env(), timeout)
+def learner(command: str, cwd: Path, timeout: float = 600, **env: str) -> tuple[int | None, str]:
+    """Run a command as a learner types it in a fresh shell, with `env` added: its exit code
+    and what it printed."""
+    return shell(command, cwd, reader_env(**env), timeout)
+
+
+# What a measured check records: every process it starts measures the copy,
+# gunicorn's forked workers too; the copy's files then count as the step's.
+CHECK_COVERAGE = """\
+[run]
+source = {copy}
+data_file = {sandbox}/.coverage
+parallel = true
+patch = fork
+        _exit
+omit = */static/*
+disable_warnings = no-data-collected
+
+[paths]
+step =
+    {step}
+    {copy}
+"""
+
+
+def measured(sandbox: Path, copy: Path, number: str) -> dict[str, str]:
+    """The environment that measures a check under coverage when this suite runs under it (make test)."""
+    if coverage.Coverage.current() is None:
+        return {}
+    rc = sandbox / "check-coverage.ini"
+    rc.write_text(CHECK_COVERAGE.format(copy=copy, sandbox=sandbox, step=find(number).path))
+    return {"COVERAGE_PROCESS_START": str(rc)}
+
+
+def keep_coverage(sandbox: Path, number: str) -> None:
+    """Hand what a measured check recorded to make test's report, under the step's own paths."""
+    rc = sandbox / "check-coverage.ini"
+    if not rc.exists():
+        return
+    subprocess.run([sys.executable, "-m", "coverage", "combine", "--quiet", f"--rcfile={rc}"],
+                   cwd=sandbox, check=True)
+    # Named as one more parallel data file, which make test's own combine takes in.
+    shutil.move(sandbox / ".coverage", ROOT / f".coverage.check-{number}")
 
 
 def workspace(number: str, sandbox: Path) -> Path:
@@ -69,10 +120,13 @@ def workspace(number: str, sandbox: Path) -> Path:
 @pytest.mark.learner_loop
 @pytest.mark.alone
 @pytest.mark.parametrize("number", STEPS)
-def test_make_check_passes_on_an_unchanged_copy(number, sandbox):
-    workspace(number, sandbox)
-    code, output = learner(f"make check STEP={number} DIR=workspace", sandbox)
+def test_make_check_passes_on_an_unchanged_copy(number, sandbox, record_property):
+    copy = workspace(number, sandbox)
+    check = f"make check STEP={number} DIR=workspace"
+    code, output = learner(check, sandbox, **measured(sandbox, copy, number))
+    keep_coverage(sandbox, number)
     tail = "\n".join(output.splitlines()[-30:])
+    record_property(CHECK_RESULT, last_line(output))
     assert code == 0, f"make check failed on an unchanged copy of step {number}:\n{tail}"
     assert " passed" in tail and " failed" not in tail, tail
 
