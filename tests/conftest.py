@@ -146,10 +146,11 @@ def behaviour(nodeid: str) -> str:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    # The summary lines of the checks on unchanged copies (test_learner_loop.py, CHECK_RESULT):
+    # make test runs the steps' tests inside them, so their count is the suite's too.
     checks = [value for report in terminalreporter.stats.get("passed", [])
               for name, value in getattr(report, "user_properties", ()) if name == "make check"]
     if checks:
-        # make test runs the steps' tests inside these checks: their count is the suite's too.
         terminalreporter.write_line(f"the steps' tests, inside make check: {check_totals(checks)}")
     failed = terminalreporter.stats.get("failed", [])
     if not failed:

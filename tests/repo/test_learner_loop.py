@@ -56,7 +56,7 @@ BREAKS = {
 
 
 STEPS = [step.code for step in all_steps()]
-# Where a passing check's summary line goes, for the suite's own summary (conftest.py).
+# The name under which a check's summary line is recorded: conftest.py adds these up.
 CHECK_RESULT = "make check"
 
 
@@ -173,3 +173,10 @@ def test_every_module_of_step_tests_names_the_page_that_explains_it(request):
     assert modules - set(conftest.EXPLAINED_IN) == set(), "step test modules no page is named for"
     missing = [page for page in conftest.EXPLAINED_IN.values() if not (root / page).is_file()]
     assert not missing, missing
+
+
+def test_the_suite_adds_up_what_the_checks_ran(request):
+    # make test's summary line for the steps' tests, which run inside the checks above.
+    conftest = next(p for p in request.config.pluginmanager.get_plugins() if hasattr(p, "check_totals"))
+    summaries = ["157 passed, 1 xfailed in 54.01s (0:00:54)", "52 passed in 9.87s"]
+    assert conftest.check_totals(summaries) == "209 passed, 1 xfailed"
