@@ -88,20 +88,21 @@ step =
     {step}
     {copy}
 """
+CHECK_RC = "check-coverage.ini"
 
 
 def measured(sandbox: Path, copy: Path, number: str) -> dict[str, str]:
     """The environment that measures a check under coverage when this suite runs under it (make test)."""
     if coverage.Coverage.current() is None:
         return {}
-    rc = sandbox / "check-coverage.ini"
+    rc = sandbox / CHECK_RC
     rc.write_text(CHECK_COVERAGE.format(copy=copy, sandbox=sandbox, step=find(number).path))
     return {"COVERAGE_PROCESS_START": str(rc)}
 
 
 def keep_coverage(sandbox: Path, number: str) -> None:
     """Hand what a measured check recorded to make test's report, under the step's own paths."""
-    rc = sandbox / "check-coverage.ini"
+    rc = sandbox / CHECK_RC
     if not rc.exists():
         return
     subprocess.run([sys.executable, "-m", "coverage", "combine", "--quiet", f"--rcfile={rc}"],
