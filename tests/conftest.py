@@ -8,6 +8,7 @@ proven a superset of the one before. `make test STEP=02` passes `--step=02`;
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -308,8 +309,8 @@ def browser():
     playwright.stop()
 
 
-@pytest.fixture
-def page(browser):
+@contextlib.contextmanager
+def open_tab(browser):
     """A fresh tab with its own storage; an uncaught error in the page fails the test."""
     context = browser.new_context(viewport={"width": 1000, "height": 800})
     # Step 06's page asks for an API key: fill in the development key on load.
@@ -324,3 +325,18 @@ def page(browser):
     yield tab
     context.close()
     assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh tab for this test."""
+    with open_tab(browser) as tab:
+        yield tab
+
+
+@pytest.fixture(scope="module")
+def module_page(browser):
+    """One tab for the tests of a module that only call into the page: a tab costs
+    the browser more than such a test."""
+    with open_tab(browser) as tab:
+        yield tab

@@ -582,17 +582,10 @@ PARSE = """chunks => {
 
 
 @pytest.fixture(scope="module")
-def parse(step, servers, browser):
-    """The page's parser, in one tab for every case of a step: each case makes a
-    parser of its own, and a tab costs the browser more than the case itself."""
-    context = browser.new_context()
-    tab = context.new_page()
-    errors = []
-    tab.on("pageerror", lambda error: errors.append(error))
-    tab.goto(servers.shared_server(step).base_url)
-    yield lambda chunks: tab.evaluate(PARSE, [list(chunk) for chunk in chunks])
-    context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+def parse(step, servers, module_page):
+    """The page's parser, in one tab for every case of a step: each case makes a parser of its own."""
+    module_page.goto(servers.shared_server(step).base_url)
+    return lambda chunks: module_page.evaluate(PARSE, [list(chunk) for chunk in chunks])
 
 
 @pytest.mark.parametrize("case", PARSER_CASES, ids=str)
