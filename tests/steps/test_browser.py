@@ -58,25 +58,21 @@ def wait_until_ready(page, timeout: float = 30_000) -> None:
     expect(chip(page, "hello")).to_be_enabled()
 
 
+# Every length the newest answer shows, noted by the page itself each time it
+# changes: polled from the test, a busy machine would miss some of them.
+WATCH_ANSWER = f"""() => {{
+    window.answerLengths = [];
+    new MutationObserver(() => {{
+        const length = {LAST_BOT}?.querySelector('.answer')?.textContent.length;
+        if (length !== undefined && length !== window.answerLengths.at(-1)) window.answerLengths.push(length);
+    }}).observe(document.getElementById('log'), {{childList: true, subtree: true, characterData: true}});
+}}"""
+
+
 def answer_lengths(page) -> list[int]:
-    """Poll the newest answer's length, noting it each time it changes, until it is over."""
-    lengths: list[int] = []
-    while True:
-        handle = page.wait_for_function(
-            f"""last => {{
-                const bot = {LAST_BOT};
-                const length = bot.querySelector('.answer').textContent.length;
-                const over = !bot.hasAttribute('aria-busy');
-                return (length !== last || over) && [length, over];
-            }}""",
-            arg=lengths[-1] if lengths else -1,
-            timeout=30_000,
-        )
-        length, over = handle.json_value()
-        if not lengths or length != lengths[-1]:
-            lengths.append(length)
-        if over:
-            return lengths
+    """The lengths the newest answer showed since WATCH_ANSWER, once it is over."""
+    page.wait_for_function(f"() => !{LAST_BOT}.hasAttribute('aria-busy')", timeout=30_000)
+    return page.evaluate("window.answerLengths")
 
 
 # --- The real server --------------------------------------------------------
@@ -87,6 +83,7 @@ def answer_lengths(page) -> list[int]:
 def test_a_suggestion_streams_its_answer(step, server, page, name):
     page.goto(server.base_url)
     prompt = chip(page, name).get_attribute("data-prompt")
+    page.evaluate(WATCH_ANSWER)
     chip(page, name).click()
     expect(page.locator(".msg.user")).to_have_text(prompt)
     lengths = answer_lengths(page)
