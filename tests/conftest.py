@@ -115,7 +115,6 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "not_for_these_steps: internal, deselected")
     config.addinivalue_line("markers", "paced(pace=1): its servers' model keeps a real model's pace, or this")
     config.addinivalue_line("markers", "learner_loop: runs make check; make test runs these last")
-    config.addinivalue_line("markers", "alone: a learner_loop test that make test runs by itself")
     # Tests press Ctrl-C (SIGINT) on the commands they run, as at a terminal. A
     # suite started in the background by a script (`nohup make test &`) begins
     # with SIGINT ignored, and every command it started would ignore it too.

@@ -2,9 +2,9 @@
 
 `make test STEP=02` (it passes `--step=02`) runs that step's tests. The whole
 `make test` runs the repository's own tests (tests/repo), then the tests that
-run `make check` themselves (marked learner_loop): on an unchanged copy of
-each step, one at a time, and that check runs the step's tests, once, under
-coverage too; then on broken copies, two at a time.
+run `make check` themselves (marked learner_loop), two at a time: on an
+unchanged copy of each step, whose check runs the step's tests, once, under
+coverage too, and on broken copies.
 
 Coverage includes the code that runs inside gunicorn's forked HTTP and dirty
 workers (see [tool.coverage.run] in pyproject.toml). The full run fails below 100 %.
@@ -34,13 +34,10 @@ def main(args: list[str]) -> int:
         if tests == 5:
             print("No test ran: is the step name right?", file=sys.stderr)
     else:
-        # Each learner_loop test runs make check, several tests at once. On an
-        # unchanged copy, one at a time and alone, so that its tests have the
-        # machine a learner's would have; a broken copy need only fail clearly:
-        # two at once.
+        # Each learner_loop test runs make check, several tests at once: two
+        # such checks side by side keep two cores busy without starving either.
         tests = (run(*pytest, "tests/repo", "-m", "not learner_loop", *args)
-                 or run(*pytest, "-m", "learner_loop and alone", "-n", "0")
-                 or run(*pytest, "-m", "learner_loop and not alone", "-n", "2"))
+                 or run(*pytest, "-m", "learner_loop", "-n", "2", "--dist", "worksteal"))
     run(PY, "-m", "coverage", "combine", "--quiet")
     if step:
         report = run(PY, "-m", "coverage", "report", f"--include=steps/{step}*/*")
