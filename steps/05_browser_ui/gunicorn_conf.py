@@ -2,6 +2,9 @@
 
 import logging
 import os
+import socket
+import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -89,7 +92,20 @@ class Tables:
 
 
 def dirty_worker_init(worker):
-    # Runs in the dirty worker once its model is loaded, just before it listens.
+    # Runs in the dirty worker once its model is loaded, but before it listens,
+    # and the arbiter connects as soon as the socket file exists: a chat let
+    # through now could be refused. A thread counts the worker once it listens.
+    threading.Thread(target=_loaded_once_listening, args=(worker,), daemon=True).start()
+
+
+def _loaded_once_listening(worker):
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(worker.socket_path)
+                break
+            except OSError:  # no socket yet, or one bound but not listening
+                time.sleep(0.01)
     with StashClient(get_stash_socket_path()) as store:
         store.put(Tables.LOADED, worker.pid, True)
 

@@ -18,9 +18,15 @@ CHAT_RESPAWN_LOAD_SECONDS=S
                      the dirty workers the arbiter forks after its first
                      ones, to replace or add to them, load their model in S
                      seconds instead of CHAT_LOAD_SECONDS: the first ones load quickly
+CHAT_LISTEN_DELAY=S  each dirty worker binds its socket, then waits S seconds
+                     before it listens: a request that comes meanwhile finds
+                     the socket there but refused, as in the instant between
+                     the two in gunicorn's own start
 """
 
+import asyncio
 import os
+import socket
 import sys
 import time
 
@@ -53,6 +59,16 @@ def _faulty(split_tokens, kind, after, stall, once):
     return faulty_split_tokens
 
 
+def _listen_late(start_unix_server, delay):
+    async def start_late(client_connected_cb, path, **options):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        time.sleep(delay)
+        return await start_unix_server(client_connected_cb, sock=sock, **options)
+
+    return start_late
+
+
 def dirty_post_fork(arbiter, worker):
     gunicorn_conf.dirty_post_fork(arbiter, worker)
     # The arbiter imported the model's module before its first fork (to read
@@ -68,6 +84,10 @@ def dirty_worker_init(worker):
     gunicorn_conf.dirty_worker_init(worker)
     # The module the dirty worker loaded the model from.
     model = sys.modules[type(worker.apps[CHAT_APP]).__module__]
+    if "CHAT_LISTEN_DELAY" in os.environ:
+        # gunicorn's dirty worker calls asyncio.start_unix_server once this hook returns.
+        delay = float(os.environ["CHAT_LISTEN_DELAY"])
+        asyncio.start_unix_server = _listen_late(asyncio.start_unix_server, delay)
     if "CHAT_WATCHDOG" in os.environ:
         model.WATCHDOG_SECONDS = float(os.environ["CHAT_WATCHDOG"])
     if "CHAT_FAULT" in os.environ:

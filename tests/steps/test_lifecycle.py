@@ -12,6 +12,7 @@ run time with TTIN and TTOU on the dirty arbiter; /ready and the line follow.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -21,7 +22,7 @@ import pytest
 
 from harness.load import WatchedChat
 from harness.procs import ARBITER, DIRTY, process_roles
-from harness.server import AUTH, loopback_client
+from harness.server import AUTH, DIRTY_READY, loopback_client
 from harness.sse import ChatStream
 
 # How long the dirty arbiter waits for a worker's socket, and a load longer than that.
@@ -142,6 +143,19 @@ def test_a_respawned_worker_is_counted_and_gets_no_chat_before_it_has_loaded(ste
     assert victim not in dirty_pids(server)
     loading = time.monotonic() - killed
     assert loading > ARBITER_WAIT, f"the replacement loaded in {loading:.1f} s: this test proves nothing"
+
+
+@pytest.mark.since("02")
+def test_a_worker_counts_as_loaded_only_once_it_listens(step, start_faulty):
+    """gunicorn runs dirty_worker_init before the worker listens, and the arbiter
+    connects as soon as the socket file exists: a chat let through in between is
+    refused. Here the worker waits between binding its socket and listening."""
+    server = start_faulty(None, env={"CHAT_LISTEN_DELAY": "2"}, args=("--dirty-workers", "1"), ready=False)
+    wait_until_ready(server, loaded=1, workers=1)
+    assert re.search(DIRTY_READY, server.log()), "/ready counted a dirty worker that did not listen yet"
+    with loopback_client(server.base_url, timeout=GUARD, headers=AUTH) as client:
+        answer = client.post("/chat/sync", json={"prompt": "hello"})
+    assert answer.status_code == 200, answer.text
 
 
 @pytest.mark.paced
