@@ -4,7 +4,8 @@
 `make test` runs the repository's own tests (tests/repo), then the tests that
 run `make check` themselves (marked learner_loop), two at a time: on an
 unchanged copy of each step, whose check runs the step's tests, once, under
-coverage too, and on broken copies.
+coverage too, and on broken copies. The step code's coverage comes from those
+checks alone, so the repository's own tests run without it.
 
 Coverage includes the code that runs inside gunicorn's forked HTTP and dirty
 workers (see [tool.coverage.run] in pyproject.toml). The full run fails below 100 %.
@@ -36,7 +37,7 @@ def main(args: list[str]) -> int:
     else:
         # Each learner_loop test runs make check, several tests at once: two
         # such checks side by side keep two cores busy without starving either.
-        tests = (run(*pytest, "tests/repo", "-m", "not learner_loop", *args)
+        tests = (run(PY, "-m", "pytest", "tests/repo", "-m", "not learner_loop", *args)
                  or run(*pytest, "-m", "learner_loop", "-n", "2", "--dist", "worksteal"))
     run(PY, "-m", "coverage", "combine", "--quiet")
     if step:
