@@ -73,6 +73,25 @@ def classify(result: ChatStream) -> str:
     return FAILED
 
 
+def ended_by_a_dead_worker(status: int, error: dict) -> bool:
+    """Whether a chat ended as one does whose dirty worker died mid-answer.
+
+    `status` is the HTTP status, `error` the error event of a stream (status
+    200) or the JSON body of /chat/sync. Gunicorn 27.0.1's dirty arbiter learns
+    of the death twice: the worker's socket closes, and the worker exits
+    (SIGCHLD). Seen in that order, the arbiter fails the request at once: a
+    model_error event, or 503. Seen the other way round, it drops the request
+    without a word, and the chat fails only when the HTTP worker's deadline for
+    the whole answer (ANSWER_TIMEOUT) runs out: a timeout event, or 504.
+    """
+    if status == 200:
+        return error.get("type") in ("model_error", "timeout")
+    detail = error.get("detail", "")
+    return (status == 503 and detail.startswith("the model is unavailable")) or (
+        status == 504 and detail.startswith("the model took too long")
+    )
+
+
 @dataclass
 class Shot:
     """One chat of a burst: what came back, or what went wrong on the way."""

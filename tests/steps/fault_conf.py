@@ -8,6 +8,9 @@ the answer's own code is on the stack when it does.
 
 CHAT_FAULT=raise:N   the model raises after N words of an answer
 CHAT_FAULT=stall:N   the model stops for CHAT_FAULT_STALL seconds after N words
+CHAT_FAULT=fork:N    the model forks a helper process after N words, and goes
+                     on: the helper sleeps until killed, and holds open every
+                     file the dirty worker had, its sockets among them
 CHAT_FAULT_ONCE=path the fault strikes one answer only, in whichever dirty
                      worker comes first: it creates this file, and a model
                      that finds the file there answers normally
@@ -22,6 +25,9 @@ CHAT_LISTEN_DELAY=S  each dirty worker binds its socket, then waits S seconds
                      before it listens: a request that comes meanwhile finds
                      the socket there but refused, as in the instant between
                      the two in gunicorn's own start
+CHAT_ANSWER_TIMEOUT=S
+                     the HTTP worker waits S seconds for a whole answer,
+                     instead of main.ANSWER_TIMEOUT
 """
 
 import asyncio
@@ -53,10 +59,19 @@ def _faulty(split_tokens, kind, after, stall, once):
             if count == after and _strikes(once):
                 if kind == "raise":
                     raise RuntimeError("injected fault: the model crashed")
-                time.sleep(stall)
+                if kind == "fork":
+                    _fork_a_helper()
+                else:
+                    time.sleep(stall)
             yield token
 
     return faulty_split_tokens
+
+
+def _fork_a_helper():
+    if os.fork() == 0:
+        while True:
+            time.sleep(3600)
 
 
 def _listen_late(start_unix_server, delay):
@@ -67,6 +82,13 @@ def _listen_late(start_unix_server, delay):
         return await start_unix_server(client_connected_cb, sock=sock, **options)
 
     return start_late
+
+
+def post_worker_init(worker):
+    # Runs in each HTTP worker once it has imported the app from main.py
+    # (the steps have no hook of their own here).
+    if "CHAT_ANSWER_TIMEOUT" in os.environ:
+        sys.modules["main"].ANSWER_TIMEOUT = float(os.environ["CHAT_ANSWER_TIMEOUT"])
 
 
 def dirty_post_fork(arbiter, worker):
