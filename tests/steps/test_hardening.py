@@ -284,7 +284,7 @@ ANSWER_DEADLINE = 5.0
 def forgetful(start_faulty):
     """A server whose one dirty worker forks a helper process mid-answer, the
     helper holding the worker's sockets open (fault_conf.py): returns the
-    server and kill(), which kills the worker once the helper is there.
+    server and kill(), which kills that worker once the helper is there.
 
     The arbiter hears of a worker's death twice: its socket closes, and it
     exits (SIGCHLD). When it handles the exit first, it cancels the task that
@@ -297,7 +297,8 @@ def forgetful(start_faulty):
     server = start_faulty("fork:3", **{**ONE_WORKER_ANY_STEP, "env": env})
     helpers = []
 
-    def kill(victim: int) -> None:
+    def kill() -> None:
+        (victim,) = dirty_worker_pids(server)
         helpers.extend(poll(lambda: set(procs.process_tree(victim)) - {victim}, timeout=READ_TIMEOUT))
         assert helpers, "the model forked no helper"
         os.kill(victim, signal.SIGKILL)
@@ -311,9 +312,8 @@ def forgetful(start_faulty):
 @pytest.mark.since("02")
 def test_a_forgotten_sync_chat_ends_at_the_answer_deadline(step, forgetful, step_module):
     server, kill = forgetful
-    (victim,) = dirty_worker_pids(server)
     asker = SyncChat(server.base_url, "explain", timeout=READ_TIMEOUT).start()
-    kill(victim)
+    kill()
     response = asker.finish(READ_TIMEOUT)
     took = asker.ended - asker.started
     assert response.status_code == 504, response.text
@@ -331,9 +331,8 @@ def test_a_forgotten_sync_chat_ends_at_the_answer_deadline(step, forgetful, step
 @pytest.mark.since("03")
 def test_a_forgotten_stream_ends_at_the_answer_deadline(step, forgetful, step_module):
     server, kill = forgetful
-    (victim,) = dirty_worker_pids(server)
     chat = WatchedChat(server.base_url, "explain", timeout=READ_TIMEOUT).start()
-    kill(victim)
+    kill()
     wait_for_ready(server.base_url, timeout=10, proc=server.proc, workers=1)
     behind = WatchedChat(server.base_url, "hello", timeout=READ_TIMEOUT).start()
     result, after = chat.finish(), behind.finish()
