@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +38,8 @@ DEV_KEY = "dev-key"
 AUTH = {"Authorization": f"Bearer {DEV_KEY}"}
 # What gunicorn logs when a dirty worker has loaded its apps and can serve.
 DIRTY_READY = r"Dirty worker \d+ listening"
+# Where step 06's Prometheus metrics live: its config makes a directory unless given one.
+METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class ServerError(RuntimeError):
@@ -59,7 +62,8 @@ def step_modules(step_dir: Path | str) -> Iterator[Callable[[str], ModuleType]]:
     one step has stays imported, as in a server: step 06's metrics registers
     its Prometheus metrics once. On exit sys.path, sys.modules and os.environ
     are as they were: importing step 06's config sets PROMETHEUS_MULTIPROC_DIR,
-    and servers started later must not inherit it.
+    and servers started later must not inherit it; the directory it made for
+    this process goes too.
     """
     saved_path, saved_environ = list(sys.path), dict(os.environ)
 
@@ -78,6 +82,9 @@ def step_modules(step_dir: Path | str) -> Iterator[Callable[[str], ModuleType]]:
     finally:
         forget()
         sys.path[:] = saved_path
+        metrics_dir = os.environ.get(METRICS_DIR)
+        if metrics_dir and metrics_dir != saved_environ.get(METRICS_DIR):
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         os.environ.clear()
         os.environ.update(saved_environ)
 
@@ -264,7 +271,10 @@ def start_server(
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="dirty-chat-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{step_dir.name}-{port}.log"
-    full_env = {**os.environ, **(env or {})}
+    # Step 06 makes a metrics directory of its own unless given one: not the
+    # one a test that imported its config (step_modules) has in os.environ.
+    inherited = {key: value for key, value in os.environ.items() if key != METRICS_DIR}
+    full_env = {**inherited, **(env or {})}
     # The step folder first, so `import gunicorn_conf` finds the step's own.
     full_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(step_dir), full_env.get("PYTHONPATH", "")) if p
