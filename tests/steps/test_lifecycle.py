@@ -158,7 +158,8 @@ def test_a_worker_counts_as_loaded_only_once_it_listens(step, start_faulty):
     assert answer.status_code == 200, answer.text
 
 
-@pytest.mark.paced
+# An answer of about a second is long enough for a second chat to find the one worker busy.
+@pytest.mark.paced(0.3)
 @pytest.mark.since("03")
 def test_the_line_follows_dirty_workers_set_by_the_environment(step, start):
     server = start(env={"DIRTY_WORKERS": "1"}, dirty_workers=1)
