@@ -295,10 +295,11 @@ def forgetful(start_faulty):
     """
     env = {**ONE_WORKER_ANY_STEP["env"], "CHAT_ANSWER_TIMEOUT": str(ANSWER_DEADLINE)}
     server = start_faulty("fork:3", **{**ONE_WORKER_ANY_STEP, "env": env})
+    # Found before any chat: once the model has forked, its helper is in the arbiter's tree too.
+    (victim,) = dirty_worker_pids(server)
     helpers = []
 
     def kill() -> None:
-        (victim,) = dirty_worker_pids(server)
         helpers.extend(poll(lambda: set(procs.process_tree(victim)) - {victim}, timeout=READ_TIMEOUT))
         assert helpers, "the model forked no helper"
         os.kill(victim, signal.SIGKILL)
