@@ -19,7 +19,6 @@ import atexit
 import json
 import os
 import re
-import runpy
 import shutil
 import sys
 import tempfile
@@ -40,7 +39,7 @@ if str(ROOT) not in sys.path:
 
 from harness import procs  # noqa: E402
 from harness.procs import memory_kib  # noqa: E402
-from harness.server import LiveServer, ServerError, start_server  # noqa: E402
+from harness.server import LiveServer, ServerError, start_server, step_modules  # noqa: E402
 from harness.steps import UnknownStep, find  # noqa: E402
 
 # What a dirty worker logs once it has loaded the model (steps 02 and later).
@@ -155,13 +154,14 @@ def start(step: str, *, ready: bool = True, **env: object) -> Server:
 
 def dirty_workers(step_dir: Path, env: dict[str, str]) -> int:
     """How many dirty workers the step's gunicorn_conf.py asks for, with this environment."""
-    with mock.patch.dict(os.environ, env):
+    # step_modules undoes what reading it does (step 06's makes a metrics directory).
+    with mock.patch.dict(os.environ, env), step_modules(step_dir) as load:
         try:
-            conf = runpy.run_path(str(step_dir / "gunicorn_conf.py"))
+            conf = load("gunicorn_conf")
         except Exception:
             # Gunicorn will fail on the same file, and its log will say why.
             return 0
-    return int(conf.get("dirty_workers", 0)) if conf.get("dirty_apps") else 0
+    return int(getattr(conf, "dirty_workers", 0)) if getattr(conf, "dirty_apps", None) else 0
 
 
 def running_servers() -> list[Server]:

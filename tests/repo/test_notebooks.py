@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import os
 import sys
+import tempfile
 
 import nbformat
 import pytest
@@ -161,6 +163,15 @@ def test_serve_names_the_steps_for_an_unknown_step(live, monkeypatch):
     monkeypatch.delenv("CHAT_URL", raising=False)
     with pytest.raises(live.NotebookServerError, match=r"no step '99'; the steps are: 01_sync_endpoint"):
         live.serve("99")
+
+
+def test_reading_a_step_s_settings_leaves_nothing_behind(live, tmp_path, monkeypatch):
+    """start() reads gunicorn_conf.py for its dirty workers; step 06's makes a metrics directory when read."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    before = dict(os.environ)
+    assert live.dirty_workers(find("06").path, {"DIRTY_WORKERS": "3"}) == 3
+    assert dict(os.environ) == before
+    assert list(tmp_path.iterdir()) == [], "reading the settings left a directory behind"
 
 
 def test_start_reports_a_server_that_dies(live):
