@@ -13,13 +13,18 @@ import json
 import os
 import sys
 import tempfile
+from typing import TYPE_CHECKING
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from harness.server import ROOT, free_port, start_server
 from harness.steps import all_steps, find
+
+# nbformat and nbclient are imported by the tests that use them: importing
+# nbformat builds the grammars of its schema checks, a second or more of CPU
+# that every test process would otherwise pay while collecting any step's tests.
+if TYPE_CHECKING:
+    import nbformat
 
 NOTEBOOKS_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
@@ -86,6 +91,9 @@ def live():
 
 def execute(path, before: list[str], after: list[str]) -> nbformat.NotebookNode:
     """Run a notebook in memory, with extra cells before and after its own."""
+    import nbformat
+    from nbclient import NotebookClient
+
     nb = nbformat.read(path, as_version=4)
     nb.cells[:0] = [nbformat.v4.new_code_cell(inspect.cleandoc(source)) for source in before]
     nb.cells.extend(nbformat.v4.new_code_cell(inspect.cleandoc(source)) for source in after)
@@ -114,6 +122,8 @@ def test_every_step_has_a_notebook():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_committed_without_outputs(path):
+    import nbformat
+
     text = path.read_text()
     nb = nbformat.reads(text, as_version=nbformat.NO_CONVERT)
     nbformat.validate(nb)
@@ -154,6 +164,8 @@ def test_notebook_runs(step, request, monkeypatch):
     ("path", "function"), [("01_sync_endpoint", "probe_health"), ("03_sse_streaming", "sse_events")]
 )
 def test_notebook_and_live_share_the_same_code(live, path, function):
+    import nbformat
+
     nb = nbformat.read(NOTEBOOKS_DIR / f"{path}.ipynb", as_version=4)
     source = inspect.getsource(getattr(live, function)).rstrip("\n")
     assert source in [cell.source for cell in nb.cells if cell.cell_type == "code"]
