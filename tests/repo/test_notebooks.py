@@ -11,6 +11,7 @@ import importlib.util
 import inspect
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from typing import TYPE_CHECKING
@@ -114,6 +115,18 @@ def pictures(nb) -> int:
         if cell.cell_type == "code"
         for output in cell.outputs
     )
+
+
+def test_collecting_these_tests_does_not_import_nbformat():
+    code = (
+        "import sys, pytest;"
+        f"pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', {__file__!r}]);"
+        "print(sorted({'nbformat', 'nbclient'} & set(sys.modules)))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    imported = run.stdout.splitlines()[-1]
+    advice = "import it in the tests that use it"
+    assert imported == "[]", f"{imported} imported while collecting: {advice}\n{run.stdout}"
 
 
 def test_every_step_has_a_notebook():
