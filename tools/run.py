@@ -41,6 +41,7 @@ ROUTINE = [
     re.compile(pattern)
     for pattern in (
         r"Spawned dirty worker \(pid: (?P<pid>\d+)\)",
+        r"Loading the chat model in dirty worker (?P<pid>\d+)",
         r"Chat model loaded in dirty worker (?P<pid>\d+)",
         r"Initialized dirty app: ",
         r"Dirty worker (?P<pid>\d+) (?:listening on|exiting)",

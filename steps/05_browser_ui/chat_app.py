@@ -10,6 +10,8 @@ import logging
 import os
 import random
 import re
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -103,6 +105,27 @@ def split_tokens(text: str) -> list[str]:
 
 
 @contextmanager
+def stop_signals_end_the_load() -> Iterator[None]:
+    """Within the block, a request to stop ends this process at once.
+
+    Gunicorn's dirty worker only takes note of a stop that comes while its apps
+    load: it would load on, start serving, and be killed at the end of
+    dirty_graceful_timeout (30 s), so Ctrl-C during a long load would hang.
+    """
+
+    def leave(signum, frame):
+        # Gunicorn ends a dirty worker that raises SystemExit with os._exit.
+        sys.exit(0)
+
+    kept = {sig: signal.signal(sig, leave) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
 def watchdog(seconds: float) -> Iterator[Callable[[], None]]:
     """Give a function to call for every token; if `seconds` pass without a
     call, print every thread's stack to stderr and end this process.
@@ -133,7 +156,9 @@ class ChatApp(DirtyApp):
 
     def init(self):
         # A real model would load its weights here, once per dirty worker.
-        time.sleep(LOAD_SECONDS)
+        with stop_signals_end_the_load():
+            log.info("Loading the chat model in dirty worker %s", os.getpid())
+            time.sleep(LOAD_SECONDS)
         log.info("Chat model loaded in dirty worker %s", os.getpid())
 
     def stream(self, prompt: str, thinking: bool = False) -> Iterator[dict]:

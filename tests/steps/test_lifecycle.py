@@ -85,6 +85,29 @@ def test_ready_is_503_while_the_model_loads_then_200(step, start):
     assert body["status"] == "ready"
 
 
+# Two ways a server is stopped: its supervisor signals the master, or the
+# learner presses Ctrl-C, which signals every process of the terminal's group.
+STOPS = {
+    "SIGTERM": lambda master: os.kill(master, signal.SIGTERM),
+    "Ctrl-C": lambda master: os.killpg(master, signal.SIGINT),
+}
+
+
+@pytest.mark.since("02")
+@pytest.mark.parametrize("stop", STOPS)
+def test_a_stop_while_the_model_loads_ends_the_loading_workers_at_once(step, start, stop):
+    """chat_app.stop_signals_end_the_load: without it a dirty worker told to stop during
+    its load loads on, and is killed at the end of dirty_graceful_timeout (30 s)."""
+    server = start(env=SLOW_LOAD, args=("--dirty-workers", "2"), ready=False)
+    server.wait_for_log("Loading the chat model in dirty worker", count=2, timeout=GUARD)
+    STOPS[stop](server.pid)
+    server.proc.wait(GUARD)
+    log = server.log()
+    assert "Chat model loaded" not in log, "a dirty worker went on loading after the stop"
+    assert "killed by signal" not in log, "a dirty worker did not end until it was killed"
+    assert server.proc.returncode == 0, f"the server ended with code {server.proc.returncode}"
+
+
 @pytest.mark.since("02")
 def test_a_chat_sent_while_the_model_loads_gets_its_answer_or_a_clear_503(step, start):
     server = start(env=SLOW_LOAD, args=("--dirty-workers", "2"), ready=False)
@@ -255,5 +278,3 @@ def test_a_chat_that_waits_too_long_for_the_model_gets_a_clear_503(step, start):
     assert answer.status_code == 503, answer.text
     assert answer.json() == {"detail": "the model is still loading: 0 of 1 dirty workers are ready"}
     assert int(answer.headers["Retry-After"]) > 0
-    # Stopped while its model loads, a server would take its whole graceful_timeout.
-    wait_until_ready(server, loaded=1, workers=1)
