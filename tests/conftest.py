@@ -282,6 +282,13 @@ def step_module(step):
 
 
 @pytest.fixture
+def canned(step_module):
+    """The step model's canned answer for a prompt: what /chat/sync answers (test_api.py
+    checks that), read from the model instead of asked for again at its pace."""
+    return step_module("chat_app").pick_answer
+
+
+@pytest.fixture
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 

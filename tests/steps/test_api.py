@@ -6,10 +6,6 @@ from bad_input import BAD_REQUESTS, JSON, assert_clear_json_error, unsized_body
 from harness.server import AUTH, loopback_client
 
 
-def answer_for(step_module, prompt: str) -> str:
-    return step_module("chat_app").pick_answer(prompt)
-
-
 def test_health(step, client):
     response = client.get("/health")
     assert response.status_code == 200
@@ -20,32 +16,32 @@ PROMPTS = ["hello", "Can you explain?", "tell me about streaming", "code please"
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_chat_sync_answers_with_the_canned_text(step, client, step_module, prompt):
+def test_chat_sync_answers_with_the_canned_text(step, client, canned, prompt):
     response = client.post("/chat/sync", json={"prompt": prompt})
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
-    assert response.json() == {"response": answer_for(step_module, prompt)}
+    assert response.json() == {"response": canned(prompt)}
 
 
-def test_chat_sync_ignores_a_field_it_does_not_know(step, client, step_module):
+def test_chat_sync_ignores_a_field_it_does_not_know(step, client, canned):
     response = client.post("/chat/sync", json={"prompt": "hello", "colour": "blue"})
     assert response.status_code == 200, "a field the request does not declare should be ignored"
-    assert response.json() == {"response": answer_for(step_module, "hello")}
+    assert response.json() == {"response": canned("hello")}
 
 
 @pytest.mark.until("03")
 @pytest.mark.parametrize("thinking", [True, False, "yes"], ids=repr)
-def test_thinking_is_an_unknown_field_before_it_is_taught(step, client, step_module, thinking):
+def test_thinking_is_an_unknown_field_before_it_is_taught(step, client, canned, thinking):
     response = client.post("/chat/sync", json={"prompt": "hello", "thinking": thinking})
     assert response.status_code == 200, "before step 04, `thinking` should be ignored like any unknown field"
-    assert response.json() == {"response": answer_for(step_module, "hello")}, "no thinking before step 04"
+    assert response.json() == {"response": canned("hello")}, "no thinking before step 04"
 
 
 @pytest.mark.since("04")
-def test_chat_sync_accepts_thinking_false(step, client, step_module):
+def test_chat_sync_accepts_thinking_false(step, client, canned):
     response = client.post("/chat/sync", json={"prompt": "hello", "thinking": False})
     assert response.status_code == 200
-    assert response.json()["response"] == answer_for(step_module, "hello")
+    assert response.json()["response"] == canned("hello")
 
 
 @pytest.mark.parametrize("path", ["/chat/sync"])

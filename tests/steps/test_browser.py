@@ -37,12 +37,6 @@ def sync_answer(server, prompt: str, thinking: bool = False) -> str:
     return response.json()["response"]
 
 
-def canned(step_module, prompt: str) -> str:
-    """The answer /chat/sync gives a prompt (test_api.py checks that), read from the
-    model instead of asked for again at a real model's pace."""
-    return step_module("chat_app").pick_answer(prompt)
-
-
 def last_bot(page):
     return page.locator(".msg.bot").last
 
@@ -86,7 +80,7 @@ def answer_lengths(page) -> list[int]:
 
 @pytest.mark.paced
 @pytest.mark.parametrize("name", ["hello", "explain", "streaming"])
-def test_a_suggestion_streams_its_answer(step, server, page, step_module, name):
+def test_a_suggestion_streams_its_answer(step, server, page, canned, name):
     page.goto(server.base_url)
     prompt = chip(page, name).get_attribute("data-prompt")
     page.evaluate(WATCH_ANSWER)
@@ -96,7 +90,7 @@ def test_a_suggestion_streams_its_answer(step, server, page, step_module, name):
     # The text only ever grew, in many steps: it streamed, it did not land at once.
     assert lengths == sorted(set(lengths)), lengths
     assert len(lengths) > 10, lengths
-    full = canned(step_module, prompt)
+    full = canned(prompt)
     assert lengths[-1] == len(full)
     assert answer_text(page) == full
     expect(page.locator(".thinking")).to_have_count(0)
@@ -149,7 +143,7 @@ def test_thinking_shows_apart_from_the_answer(step, server, page):
 
 
 @pytest.mark.paced
-def test_stop_ends_the_stream_and_the_page_is_ready_again(step, server, page, step_module):
+def test_stop_ends_the_stream_and_the_page_is_ready_again(step, server, page, step_module, canned):
     full = step_module("chat_app").EXPLAIN
     failed = []
     page.on("requestfailed", lambda request: failed.append((request.url, request.failure)))
@@ -172,11 +166,11 @@ def test_stop_ends_the_stream_and_the_page_is_ready_again(step, server, page, st
     # The page answers the next question.
     chip(page, "hello").click()
     wait_until_ready(page)
-    assert answer_text(page) == canned(step_module, "hello")
+    assert answer_text(page) == canned("hello")
 
 
 @pytest.mark.paced
-def test_the_keyboard_alone_is_enough(step, server, page, step_module):
+def test_the_keyboard_alone_is_enough(step, server, page, canned):
     sent = []
     page.on("request", lambda request: sent.append(request) if request.url.endswith("/chat") else None)
     page.goto(server.base_url)
@@ -195,7 +189,7 @@ def test_the_keyboard_alone_is_enough(step, server, page, step_module):
     expect(box).to_be_focused()
     assert page.locator(".msg.user").last.text_content() == "hello\nthere"
     wait_until_ready(page)
-    assert answer_text(page) == canned(step_module, "hello")
+    assert answer_text(page) == canned("hello")
     # Escape stops an answer, like the Stop button.
     page.keyboard.type("explain")
     page.keyboard.press("Enter")
@@ -246,7 +240,7 @@ def test_a_model_error_mid_stream_is_shown(step, start_faulty, page, step_module
 
 
 @pytest.mark.paced
-def test_a_full_server_puts_the_page_in_line(step, start, page, step_module):
+def test_a_full_server_puts_the_page_in_line(step, start, page, canned):
     server = start(**ONE_WORKER)
     page.goto(server.base_url)
     claimed = threading.Event()
@@ -271,14 +265,14 @@ def test_a_full_server_puts_the_page_in_line(step, start, page, step_module):
         wait_until_ready(page)
     finally:
         thread.join(60)
-    assert answer_text(page) == canned(step_module, "hello")
+    assert answer_text(page) == canned("hello")
     (other,) = held
     assert other.ended_with_done and not other.errors
     assert not any("waiting" in payload for payload in other.payloads)
 
 
 @pytest.mark.paced
-def test_a_chat_sent_while_the_model_loads_says_so(step, start, page, step_module):
+def test_a_chat_sent_while_the_model_loads_says_so(step, start, page, canned):
     # A load slow enough to click before it ends, as a real model's would be.
     server = start(env={"DIRTY_WORKERS": "1", "CHAT_LOAD_SECONDS": "8"}, ready=False)
     with loopback_client(server.base_url, timeout=10, headers=AUTH) as http:
@@ -291,7 +285,7 @@ def test_a_chat_sent_while_the_model_loads_says_so(step, start, page, step_modul
     # Once the model has loaded, the answer comes.
     expect(waiting).to_be_hidden(timeout=60_000)
     wait_until_ready(page)
-    assert answer_text(page) == canned(step_module, "hello")
+    assert answer_text(page) == canned("hello")
     expect(last_bot(page).get_by_role("alert")).to_have_count(0)
 
 
@@ -310,7 +304,7 @@ def test_a_server_that_is_down_gets_a_clear_message(step, start, page):
 # At a real model's pace, as make screenshots runs: at the tests' fast pace the
 # answer could end before the mid-stream picture is taken.
 @pytest.mark.paced
-def test_the_screenshot_tool_pictures_a_finished_chat(step, server, page, step_module, tmp_path):
+def test_the_screenshot_tool_pictures_a_finished_chat(step, server, page, canned, tmp_path):
     # A folder of its own: steps 05 and 06 may run this test at the same time.
     paths = take_screenshots(page, server.base_url, tmp_path)
     assert [path.name for path in paths] == ["chat-ui-streaming.png", "chat-ui.png"]
@@ -319,7 +313,7 @@ def test_the_screenshot_tool_pictures_a_finished_chat(step, server, page, step_m
     assert pictures[0] != pictures[1]
     expect(last_bot(page).locator("details.thinking")).to_have_count(1)
     expect(page.locator(".cursor")).to_have_count(0)
-    assert answer_text(page) == canned(step_module, "Explain dirty workers")
+    assert answer_text(page) == canned("Explain dirty workers")
 
 
 # --- Answers routed by the test ----------------------------------------------

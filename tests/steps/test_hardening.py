@@ -141,20 +141,20 @@ def assert_valid_utf8_events(body: bytes) -> None:
 
 @pytest.mark.since("03")
 @pytest.mark.parametrize("name", UNICODE_PROMPTS, ids=str)
-def test_any_script_gets_the_canned_answer(step, http, step_module, name):
+def test_any_script_gets_the_canned_answer(step, http, canned, name):
     prompt = UNICODE_PROMPTS[name]
     result = stream_chat(http, prompt)
     assert classify(result) == COMPLETE, result.body[-300:]
-    assert result.text == step_module("chat_app").pick_answer(prompt)
+    assert result.text == canned(prompt)
     assert_valid_utf8_events(result.body)
 
 
 @pytest.mark.parametrize("name", ["emoji", "NUL", "4000 emoji"], ids=str)
-def test_any_script_on_chat_sync(step, http, step_module, name):
+def test_any_script_on_chat_sync(step, http, canned, name):
     prompt = UNICODE_PROMPTS[name]
     response = http.post("/chat/sync", json={"prompt": prompt})
     assert response.status_code == 200, response.text
-    assert response.json() == {"response": step_module("chat_app").pick_answer(prompt)}
+    assert response.json() == {"response": canned(prompt)}
 
 
 @pytest.mark.since("03")
